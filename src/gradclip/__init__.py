@@ -1,0 +1,43 @@
+"""gradclip: gradient clipping and gradient-health monitoring for every framework.
+
+The top-level package holds the framework-neutral core: the clipping policies (the "decide"
+step), ``ClipStats`` and the typed errors. It imports no deep-learning framework; the adapters do,
+one module per framework: ``gradclip.torch``.
+
+Example:
+    >>> import gradclip
+    >>> policy = gradclip.parse_policy("norm:1.0")
+    >>> policy == gradclip.GlobalNorm(max_norm=1.0)
+    True
+"""
+
+from gradclip._errors import (
+    ConfigError,
+    GradclipError,
+    InputTypeError,
+    NonFiniteError,
+    Offender,
+    StateDictError,
+)
+from gradclip._policies import GlobalNorm, NoClip, PerTensorNorm, Policy, Value
+from gradclip._spec import parse_policy
+from gradclip._stats import ClipStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClipStats",
+    "ConfigError",
+    "GlobalNorm",
+    "GradclipError",
+    "InputTypeError",
+    "NoClip",
+    "NonFiniteError",
+    "Offender",
+    "PerTensorNorm",
+    "Policy",
+    "StateDictError",
+    "Value",
+    "__version__",
+    "parse_policy",
+]

@@ -1,0 +1,89 @@
+"""Typed errors.
+
+Every error gradclip raises on bad input is a :class:`GradclipError` and also the built-in
+exception a user would expect (``ValueError``, ``TypeError``, ``FloatingPointError``), so both
+``except gradclip.GradclipError`` and ``except ValueError`` work. Messages say what was received,
+what is allowed and, where a check can be turned off, how.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "ConfigError",
+    "GradclipError",
+    "InputTypeError",
+    "NonFiniteError",
+    "Offender",
+    "StateDictError",
+]
+
+
+class GradclipError(Exception):
+    """Base class of every error raised by gradclip."""
+
+
+class ConfigError(GradclipError, ValueError):
+    """A threshold, norm type, option or method spec has a value that is not allowed."""
+
+
+class InputTypeError(GradclipError, TypeError):
+    """An argument has the wrong type (for example a parameter container holding non-tensors)."""
+
+
+class StateDictError(GradclipError, ValueError):
+    """A state dict does not match the clipper or policy it is loaded into."""
+
+
+@dataclass(frozen=True)
+class Offender:
+    """A gradient tensor that holds NaN or Inf values.
+
+    Attributes:
+        name: The parameter's name (``"layer.0.weight"``), or ``"param[i]"`` when the caller
+            passed no names; ``i`` is the position among the parameters passed.
+        index: Position of the parameter among those passed (forward order for ``model``).
+        shape: Shape of the gradient.
+        nan_count: Number of NaN elements.
+        inf_count: Number of +Inf or -Inf elements.
+    """
+
+    name: str
+    index: int
+    shape: tuple[int, ...]
+    nan_count: int
+    inf_count: int
+
+    def describe(self) -> str:
+        """One line for messages and logs: ``name shape=(3, 4) nan=2 inf=0``."""
+        return f"{self.name} shape={self.shape} nan={self.nan_count} inf={self.inf_count}"
+
+
+class NonFiniteError(GradclipError, FloatingPointError, RuntimeError):
+    """The gradients hold NaN or Inf values and the caller asked for an error.
+
+    It is also a ``RuntimeError`` so that code written for torch's ``error_if_nonfinite=True``
+    keeps catching it. The gradients are left untouched when it is raised.
+
+    Attributes:
+        offenders: The non-finite tensors, in parameter order.
+        norm: The non-finite total norm, as a Python float.
+    """
+
+    def __init__(self, message: str, offenders: tuple[Offender, ...] = (), norm: float = float("nan")):
+        super().__init__(message)
+        self.offenders = tuple(offenders)
+        self.norm = norm
+
+
+def nonfinite_message(norm: float, norm_type: float, offenders: tuple[Offender, ...], limit: int = 8) -> str:
+    """Build the message of a :class:`NonFiniteError` naming the offending tensors."""
+    shown = "; ".join(o.describe() for o in offenders[:limit])
+    more = f"; and {len(offenders) - limit} more" if len(offenders) > limit else ""
+    where = f" Non-finite gradients ({len(offenders)}): {shown}{more}." if offenders else ""
+    return (
+        f"The total gradient norm of order {norm_type} is {norm}, so it cannot be clipped.{where} "
+        "Gradients were left untouched. To scale by the non-finite norm anyway pass "
+        "nonfinite='propagate' (error_if_nonfinite=False); to skip this step pass nonfinite='skip'."
+    )

@@ -1,0 +1,110 @@
+"""The "decide" step: what every policy is, and what it receives and returns.
+
+A policy turns a :class:`Measurement` of the gradients (and its own state) into a
+:class:`Decision`. It is written once with the operations of :mod:`gradclip._ops`, so the same
+code runs in every framework adapter and on the gradients' device. Adding a method is one small
+module with one subclass of :class:`Policy`; subclasses that set ``spec_name`` become available as
+method spec strings (``gradclip.parse_policy("norm:1.0")``, ``gradclip compare --method``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+_REGISTRY: dict[str, type[Policy]] = {}
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What the adapter measured on the gradients before deciding.
+
+    Attributes:
+        norm: Total norm of all gradients (0-d array, order ``policy.norm_type``).
+        tensor_norms: 1-D array with the norm of each gradient tensor (same order), present when
+            the policy sets ``needs_tensor_norms``; otherwise ``None``.
+        finite: 0-d boolean array, True when every gradient element is finite.
+    """
+
+    norm: Any
+    tensor_norms: Any = None
+    finite: Any = True
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do to the gradients. At most one of ``coef``, ``coefs`` and ``clamp`` is set.
+
+    Attributes:
+        threshold: The threshold used (reported in :class:`gradclip.ClipStats`).
+        coef: 0-d array: multiply every gradient by it.
+        coefs: 1-D array: multiply gradient ``i`` by ``coefs[i]``.
+        clamp: ``(lo, hi)``: clamp every element into ``[lo, hi]`` (either may be ``None``).
+    """
+
+    threshold: Any = None
+    coef: Any = None
+    coefs: Any = None
+    clamp: tuple[float | None, float | None] | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Base class of clipping policies (the "decide" step).
+
+    Subclasses are frozen dataclasses whose fields are the policy's hyper-parameters. They
+    validate them in ``__post_init__`` and implement :meth:`decide`. Stateful policies also
+    override :meth:`init_state`; the state is a flat ``dict`` of arrays that the adapter keeps,
+    saves and restores.
+
+    Class attributes:
+        spec_name: Name in method spec strings (``"norm"``), or ``""`` for unregistered classes.
+        spec_positional: Field set by an unnamed argument (``"norm:1.0"`` sets ``max_norm``).
+        spec_aliases: Short keys accepted in spec strings (``{"p": "percentile"}``).
+        needs_tensor_norms: Whether :meth:`decide` reads ``Measurement.tensor_norms``.
+    """
+
+    spec_name: ClassVar[str] = ""
+    spec_positional: ClassVar[str | None] = None
+    spec_aliases: ClassVar[dict[str, str]] = {}
+    needs_tensor_norms: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("spec_name", "")
+        if name:
+            _REGISTRY[name] = cls
+
+    @property
+    def measure_norm_type(self) -> float:
+        """Order of the norms the adapter measures for this policy (2 unless it has ``norm_type``)."""
+        return float(getattr(self, "norm_type", 2.0))
+
+    def init_state(self, ops: Any) -> dict[str, Any]:
+        """Return the initial state (a flat dict of arrays). Fixed policies have none."""
+        return {}
+
+    def decide(self, m: Measurement, state: dict[str, Any], ops: Any) -> tuple[Decision, dict[str, Any]]:
+        """Turn a measurement and the state into a decision and the next state."""
+        raise NotImplementedError
+
+    def spec(self) -> str:
+        """The spec string that :func:`gradclip.parse_policy` turns back into this policy."""
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == self.spec_positional and value is not None:
+                parts.insert(0, _fmt(value))
+            elif value != f.default:
+                parts.append(f"{f.name}={_fmt(value)}")
+        return self.spec_name + (":" + ",".join(parts) if parts else "")
+
+
+def _fmt(value: Any) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def registry() -> dict[str, type[Policy]]:
+    """Registered policies by spec name (a copy)."""
+    return dict(_REGISTRY)

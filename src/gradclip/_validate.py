@@ -1,0 +1,81 @@
+"""Argument checks shared by every policy and adapter. Each raises a typed, actionable error."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from gradclip._errors import ConfigError
+
+NONFINITE_MODES = ("propagate", "error", "skip", "zero")
+
+
+def threshold(name: str, value: Any, *, allow_inf: bool = True) -> float:
+    """Return ``value`` as a float after checking it is a real number ≥ 0 (not NaN).
+
+    Torch accepts negative thresholds and silently flips gradient signs; we refuse them.
+    """
+    if isinstance(value, bool) or not _is_real(value):
+        raise ConfigError(f"{name} must be a real number >= 0. Received: {value!r} ({type(value).__name__}).")
+    v = float(value)
+    if math.isnan(v):
+        raise ConfigError(f"{name} must be a real number >= 0. Received: nan. Pass a finite threshold.")
+    if v < 0:
+        raise ConfigError(
+            f"{name} must be >= 0. Received: {v}. A negative threshold would flip gradient signs "
+            "(torch.nn.utils accepts it silently); pass its absolute value."
+        )
+    if math.isinf(v) and not allow_inf:
+        raise ConfigError(f"{name} must be finite. Received: {v}.")
+    return v
+
+
+def bound(name: str, value: Any) -> float | None:
+    """Check an optional clamp bound (any real number, not NaN)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not _is_real(value) or math.isnan(float(value)):
+        raise ConfigError(f"{name} must be a real number or None. Received: {value!r}.")
+    return float(value)
+
+
+def norm_type(value: Any) -> float:
+    """Return ``value`` as a float norm order: a real p > 0, or ``inf``.
+
+    Torch also accepts p <= 0 (``0`` counts non-zeros, ``-inf`` takes the smallest magnitude); none
+    of those is a norm, so clipping by them is refused.
+    """
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        p = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"norm_type must be a real number > 0 or 'inf'. Received: {value!r} ({type(value).__name__})."
+        ) from None
+    if math.isnan(p) or p <= 0:
+        raise ConfigError(
+            f"norm_type must be > 0 or inf (1, 2 and inf are usual). Received: {p}. "
+            "Orders <= 0 are not norms, so a threshold on them has no meaning."
+        )
+    return p
+
+
+def choice(name: str, value: Any, allowed: Iterable[str]) -> str:
+    """Check that ``value`` is one of ``allowed``."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        listed = ", ".join(repr(a) for a in allowed)
+        raise ConfigError(f"{name} must be one of {listed}. Received: {value!r}.")
+    return value
+
+
+def _is_real(value: Any) -> bool:
+    if isinstance(value, (int, float)):
+        return True
+    try:  # numpy scalars and 0-d arrays of any framework
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, (str, bytes, complex))

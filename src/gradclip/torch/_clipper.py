@@ -1,0 +1,194 @@
+"""``Clipper``: run any gradclip policy on torch gradients (measure → decide → apply)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from gradclip import _validate
+from gradclip._errors import NonFiniteError, StateDictError, nonfinite_message
+from gradclip._policies import Decision, Measurement, Policy
+from gradclip._spec import parse_policy
+from gradclip._stats import ClipStats
+from gradclip.torch import _measure, _params
+from gradclip.torch._ops import TorchOps
+
+__all__ = ["Clipper"]
+
+
+class Clipper:
+    """Clip torch gradients with any policy and report what happened as :class:`gradclip.ClipStats`.
+
+    One call per optimizer step, between ``loss.backward()`` and ``optimizer.step()``. Norms are
+    accumulated in float32 (float64 when a gradient is float64) whatever the gradient dtype, so
+    bf16/fp16 gradients get a 7-digit norm; ``norm_dtype`` overrides it.
+
+    Host-device syncs, written down: with ``nonfinite="propagate"`` a step reads nothing from the
+    device (on accelerators the offenders' NaN/Inf counts are then reported as -1, since the
+    gradients are already scaled when the offenders are read). ``"error"``, ``"skip"`` and
+    ``"zero"`` read one boolean per step. On the CPU everything is exact and eager.
+
+    Args:
+        policy: A :class:`gradclip.Policy` or a spec string (``"norm:1.0"``, ``"value:0.5"``).
+        nonfinite: ``"propagate"`` (default: apply the policy anyway, NaN spreads as in torch),
+            ``"error"`` (raise :class:`gradclip.NonFiniteError`, gradients untouched), ``"skip"``
+            (gradients untouched, ``stats.skipped`` is True: do not call ``optimizer.step()``) or
+            ``"zero"`` (all gradients set to zero).
+        norm_dtype: dtype to accumulate norms in (default: float32, or float64 for float64 grads).
+        foreach: Use foreach kernels (``None``: where supported).
+
+    Raises:
+        ConfigError: unknown ``nonfinite`` or an invalid policy spec.
+
+    Example:
+        >>> import torch, gradclip, gradclip.torch as gct
+        >>> model = torch.nn.Linear(4, 1)
+        >>> clipper = gct.Clipper(gradclip.GlobalNorm(1.0), nonfinite="skip")
+        >>> model(torch.ones(8, 4)).sum().mul(100).backward()
+        >>> stats = clipper.step(model)
+        >>> bool(stats.clipped), round(float(stats.clipped_norm), 4)
+        (True, 1.0)
+    """
+
+    def __init__(
+        self,
+        policy: Policy | str,
+        *,
+        nonfinite: str = "propagate",
+        norm_dtype: torch.dtype | None = None,
+        foreach: bool | None = None,
+    ) -> None:
+        self.policy = parse_policy(policy)
+        self.nonfinite = _validate.choice("nonfinite", nonfinite, _validate.NONFINITE_MODES)
+        self.norm_dtype = norm_dtype
+        self.foreach = foreach
+        self._state: dict[str, Any] | None = None
+        self.steps = 0
+
+    def __repr__(self) -> str:
+        return f"Clipper({self.policy!r}, nonfinite={self.nonfinite!r})"
+
+    @torch.no_grad()
+    def step(self, parameters: Any) -> ClipStats:
+        """Measure the gradients, let the policy decide, apply the decision in place.
+
+        Args:
+            parameters: ``model``, ``model.parameters()``, ``model.named_parameters()`` (names
+                feed ``stats.offenders``), a tensor, or ``optimizer.param_groups``.
+
+        Returns:
+            :class:`gradclip.ClipStats` with 0-d tensors on the gradients' device.
+
+        Raises:
+            NonFiniteError: with ``nonfinite="error"`` and NaN/Inf gradients (left untouched).
+            InputTypeError: ``parameters`` is not one of the accepted containers.
+        """
+        names, index, grads = _params.with_grads(_params.named_tensors(parameters))
+        p = self.policy.measure_norm_type
+        if not grads:
+            return self._empty_stats(p)
+        acc = self.norm_dtype or (torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32)
+        tensor_norms = _measure.norms_in_order(grads, p, self.foreach, acc)
+        norm = torch.linalg.vector_norm(tensor_norms, p)
+        finite = torch.isfinite(norm)
+        host = grads[0].device.type == "cpu" or self.nonfinite != "propagate"
+        if host and not bool(finite):
+            return self._nonfinite_step(names, index, grads, norm, finite, p)
+        if self._state is None:
+            self._state = self.policy.init_state(TorchOps)
+        m = Measurement(norm=norm, tensor_norms=tensor_norms if self.policy.needs_tensor_norms else None, finite=finite)
+        decision, self._state = self.policy.decide(m, self._state, TorchOps)
+        offenders: Any = ()
+        if not host:  # accelerator, propagate: names from the per-tensor flags, read lazily
+            flags = ~torch.isfinite(tensor_norms)
+            offenders = lambda: _lazy_offenders(names, index, grads, flags)  # noqa: E731
+        stats = self._apply(decision, grads, norm, tensor_norms, finite, p, acc, offenders)
+        self.steps += 1
+        return stats
+
+    def _apply(self, d: Decision, grads, norm, tensor_norms, finite, p, acc, offenders) -> ClipStats:
+        false = torch.zeros((), dtype=torch.bool, device=norm.device)
+        coef, clipped, clipped_norm = None, false, norm
+        if d.coef is not None:
+            coef = d.coef
+            _measure.scale_(grads, coef, self.foreach)
+            clipped, clipped_norm = coef < 1, norm * coef
+        elif d.coefs is not None:
+            _measure.scale_each_(grads, d.coefs)
+            clipped = torch.any(d.coefs < 1)
+            clipped_norm = torch.linalg.vector_norm(tensor_norms * d.coefs, p)
+        elif d.clamp is not None:
+            lo, hi = d.clamp
+            clipped = _measure.outside(grads, lo, hi)
+            _measure.clamp_(grads, lo, hi, self.foreach)
+            clipped_norm = torch.linalg.vector_norm(_measure.norms_in_order(grads, p, self.foreach, acc), p)
+        return ClipStats(
+            norm=norm, clipped_norm=clipped_norm, coef=coef, clipped=clipped, nonfinite=~finite,
+            skipped=false, threshold=d.threshold, offenders=offenders, norm_type=p,
+        )
+
+    def _nonfinite_step(self, names, index, grads, norm, finite, p) -> ClipStats:
+        found = _measure.offenders(names, index, grads)
+        if self.nonfinite == "error":
+            message = nonfinite_message(float(norm), p, found)
+            raise NonFiniteError(message + ("" if found else _measure.overflow_hint(norm, grads)), found, float(norm))
+        if self.nonfinite == "propagate":  # CPU: apply the policy anyway, as torch would
+            self._state = self._state if self._state is not None else self.policy.init_state(TorchOps)
+            m = Measurement(norm=norm, tensor_norms=_measure.norms_in_order(grads, p, self.foreach, norm.dtype), finite=finite)
+            decision, self._state = self.policy.decide(m, self._state, TorchOps)
+            self.steps += 1
+            return self._apply(decision, grads, norm, m.tensor_norms, finite, p, norm.dtype, found)
+        zero = self.nonfinite == "zero"
+        if zero:
+            _measure.zero_(grads)
+        self.steps += 1
+        return ClipStats(
+            norm=norm, clipped_norm=torch.zeros_like(norm) if zero else norm,
+            coef=torch.zeros_like(norm) if zero else None, clipped=torch.tensor(zero),
+            nonfinite=torch.tensor(True), skipped=torch.tensor(not zero), threshold=None,
+            offenders=found, norm_type=p,
+        )
+
+    def _empty_stats(self, p: float) -> ClipStats:
+        zero = torch.tensor(0.0)
+        return ClipStats(
+            norm=zero, clipped_norm=zero, coef=None, clipped=torch.tensor(False),
+            nonfinite=torch.tensor(False), skipped=torch.tensor(False), threshold=None, norm_type=p,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: the policy spec, its state and the step count.
+
+        Returns:
+            ``{"policy": str, "steps": int, "state": {name: tensor}}`` (plain values, saveable
+            with ``torch.save`` next to the model and optimizer state).
+        """
+        state = {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in (self._state or {}).items()}
+        return {"policy": self.policy.spec(), "steps": self.steps, "state": state}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned.
+
+        Raises:
+            StateDictError: the state dict is malformed or was saved with another policy.
+        """
+        if not isinstance(state_dict, dict) or not {"policy", "steps", "state"} <= set(state_dict):
+            raise StateDictError(
+                "A Clipper state dict has keys 'policy', 'steps' and 'state'. Received: "
+                f"{sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict).__name__}."
+            )
+        if state_dict["policy"] != self.policy.spec():
+            raise StateDictError(
+                f"This state dict was saved with policy {state_dict['policy']!r}, but this Clipper "
+                f"runs {self.policy.spec()!r}. Build the Clipper with the same policy."
+            )
+        self.steps = int(state_dict["steps"])
+        self._state = dict(state_dict["state"]) or None
+
+
+def _lazy_offenders(names, index, grads, flags) -> tuple:
+    from gradclip._errors import Offender
+
+    bad = flags.nonzero().flatten().tolist()
+    return tuple(Offender(names[i], index[i], tuple(grads[i].shape), -1, -1) for i in bad)
