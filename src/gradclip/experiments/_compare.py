@@ -1,0 +1,88 @@
+"""``compare``: run every (method, seed) pair of a task and collect the results."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import gradclip
+from gradclip._errors import ConfigError
+from gradclip._spec import parse_policy
+from gradclip.experiments._results import RunResult
+from gradclip.experiments._tasks import get_task
+
+FRAMEWORKS = ("torch",)
+DEFAULT_METHODS = ("none", "value:1.0", "norm:1.0")
+DEFAULT_SEEDS = (0, 1, 2)
+
+Progress = Callable[[int, int, str, int], None]
+
+
+def compare(
+    task: str = "regression",
+    methods: Sequence[str] = DEFAULT_METHODS,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    *,
+    framework: str = "torch",
+    log_dir: str | Path | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Train the task once per (method, seed) and return the results as JSON-ready data.
+
+    Args:
+        task: Task name (``"regression"``).
+        methods: Method spec strings; each is checked before any training starts.
+        seeds: Seeds; every method runs with each.
+        framework: ``"torch"``.
+        log_dir: When given, a per-step JSONL log per run is written there as
+            ``<task>__<method>__seed<seed>.jsonl``.
+        progress: Called as ``progress(done, total, method, seed)`` before each run and once at the end.
+
+    Returns:
+        ``{"task", "framework", "gradclip_version", "config", "runs": [RunResult.to_json(), ...]}``.
+
+    Raises:
+        ConfigError: unknown task, framework or method spec (nothing is trained then).
+
+    Example:
+        >>> from gradclip.experiments import compare
+        >>> out = compare("regression", ["norm:1.0"], [0])
+        >>> out["runs"][0]["diverged"]
+        False
+    """
+    spec = get_task(task)
+    if framework not in FRAMEWORKS:
+        raise ConfigError(f"Unknown framework {framework!r}. Valid frameworks: {', '.join(FRAMEWORKS)}.")
+    if not methods:
+        raise ConfigError("No method given. Pass at least one, for example 'none,norm:1.0'.")
+    for m in methods:
+        parse_policy(m)
+    from gradclip.experiments import _torch as runner
+
+    data = spec.load()
+    total = len(methods) * len(seeds)
+    runs: list[RunResult] = []
+    for method in methods:
+        for seed in seeds:
+            if progress:
+                progress(len(runs), total, method, seed)
+            log = _log_path(log_dir, task, method, seed) if log_dir is not None else None
+            runs.append(runner.run(spec, method, seed, data, log))
+    if progress:
+        progress(total, total, "", -1)
+    return {
+        "task": task,
+        "framework": framework,
+        "gradclip_version": gradclip.__version__,
+        "config": spec.config(),
+        "runs": [r.to_json() for r in runs],
+    }
+
+
+def _log_path(log_dir: str | Path, task: str, method: str, seed: int) -> Path:
+    folder = Path(log_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^A-Za-z0-9.=-]+", "_", method)
+    return folder / f"{task}__{slug}__seed{seed}.jsonl"

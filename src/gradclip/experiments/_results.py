@@ -1,0 +1,50 @@
+"""Results of ``gradclip compare``: one record per (method, seed) run, and the JSON file."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class RunResult:
+    """What one training run produced.
+
+    Attributes:
+        method: The method spec string (``"norm:1.0"``).
+        seed: Seed of the model initialisation and batch order.
+        final_loss: Loss on the whole training set after training; ``None`` when it diverged.
+        initial_loss: Loss on the whole training set before training.
+        diverged: True when a loss or gradient became NaN/Inf (training stops there).
+        first_nonfinite_step: The optimizer step (0-based) where that happened, else ``None``.
+        steps: Optimizer steps taken.
+        clipped_fraction: Fraction of steps whose gradients were changed by clipping.
+        max_grad_norm: Largest finite pre-clip gradient norm seen, ``None`` if none was finite.
+        seconds: Wall time of the run.
+    """
+
+    method: str
+    seed: int
+    final_loss: float | None
+    initial_loss: float
+    diverged: bool
+    first_nonfinite_step: int | None
+    steps: int
+    clipped_fraction: float
+    max_grad_norm: float | None
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` as indented JSON, creating parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path

@@ -1,0 +1,99 @@
+"""The PyTorch runner of ``gradclip compare``: one training run of one task with one method."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from gradclip._spec import parse_policy
+from gradclip.experiments._results import RunResult
+from gradclip.experiments._tasks import Task
+from gradclip.torch import Clipper
+
+
+def build_model(task: Task) -> torch.nn.Module:
+    """MLP with ReLU between layers, Xavier-uniform weights and biases set to 0.01."""
+    layers: list[torch.nn.Module] = []
+    widths = task.model
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        linear = torch.nn.Linear(a, b)
+        torch.nn.init.xavier_uniform_(linear.weight)
+        torch.nn.init.constant_(linear.bias, 0.01)
+        layers.append(linear)
+        if i < len(widths) - 2:
+            layers.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*layers)
+
+
+def run(task: Task, method: str, seed: int, data: tuple, log_path: Path | None = None) -> RunResult:
+    """Train ``task``'s model with clipping ``method`` and report how it went.
+
+    Args:
+        task: The task (data, model and optimizer settings).
+        method: A method spec string (``"none"``, ``"norm:1.0"``, ...).
+        seed: Seeds the initial weights and the batch order.
+        data: ``(X, y)`` NumPy arrays from ``task.load()`` (loaded once for all runs).
+        log_path: When given, one JSON line per step is written there.
+
+    Returns:
+        The :class:`RunResult`. A run stops at the first non-finite loss or gradient.
+    """
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    X, y = (torch.from_numpy(a) for a in data)
+    model = build_model(task)
+    optimizer = torch.optim.SGD(model.parameters(), lr=task.lr, momentum=task.momentum)
+    clipper = Clipper(parse_policy(method))
+    order = torch.Generator().manual_seed(seed)
+    loss_fn = torch.nn.functional.mse_loss
+    with torch.no_grad():
+        initial = float(loss_fn(model(X), y))
+    log = open(log_path, "w") if log_path else None
+    step, clipped, max_norm, first_bad = 0, 0, None, None
+    try:
+        for epoch in range(task.epochs):
+            perm = torch.randperm(len(X), generator=order)
+            for i in range(0, len(X), task.batch_size):
+                idx = perm[i : i + task.batch_size]
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model(X[idx]), y[idx])
+                loss.backward()
+                loss_value = loss.item()
+                stats = clipper.step(model.named_parameters())
+                rec = stats.to_dict()
+                if log:
+                    log.write(json.dumps({"step": step, "epoch": epoch, "loss": _num(loss_value), **_record(rec)}) + "\n")
+                if not math.isfinite(loss_value) or rec["nonfinite"]:
+                    first_bad = step
+                    break
+                max_norm = rec["norm"] if max_norm is None else max(max_norm, rec["norm"])
+                clipped += rec["clipped"]
+                optimizer.step()
+                step += 1
+            if first_bad is not None:
+                break
+    finally:
+        if log:
+            log.close()
+    with torch.no_grad():
+        final = float(loss_fn(model(X), y))
+    diverged = first_bad is not None or not math.isfinite(final)
+    return RunResult(
+        method=method, seed=seed, final_loss=None if diverged else final, initial_loss=initial,
+        diverged=diverged, first_nonfinite_step=first_bad, steps=step,
+        clipped_fraction=clipped / step if step else 0.0, max_grad_norm=max_norm,
+        seconds=round(time.perf_counter() - start, 3),
+    )
+
+
+def _num(x: float | None) -> float | None:
+    return x if x is None or math.isfinite(x) else None
+
+
+def _record(rec: dict) -> dict:
+    keep = ("norm", "clipped_norm", "coef", "threshold", "clipped", "nonfinite")
+    return {k: (_num(rec[k]) if isinstance(rec[k], float) else rec[k]) for k in keep}
