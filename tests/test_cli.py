@@ -1,0 +1,97 @@
+"""The ``gradclip`` command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from gradclip import cli
+from gradclip._render import compare_table, table
+
+
+def test_compare_prints_table_and_writes_json_and_logs(tmp_path, capsys):
+    out_json = tmp_path / "out" / "results.json"
+    code = cli.main([
+        "compare", "--method", "none,norm:1.0", "--seeds", "0", "--json", str(out_json),
+        "--log-dir", str(tmp_path / "logs"), "--no-progress",
+    ])
+    assert code == 0
+    stdout = capsys.readouterr().out
+    assert "yes @ step" in stdout and "norm:1.0" in stdout
+    assert str(out_json) in stdout and "per-step logs" in stdout
+    data = json.loads(out_json.read_text())
+    assert [r["method"] for r in data["runs"]] == ["none", "norm:1.0"]
+    assert len(list((tmp_path / "logs").glob("*.jsonl"))) == 2
+
+
+def test_progress_bar_goes_to_stderr(capsys):
+    assert cli.main(["compare", "--method", "norm:1.0", "--seeds", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "[" in err and "1/1" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["compare", "--task", "nope"], "Valid tasks: regression"),
+        (["compare", "--method", "none,wat:2"], "Valid methods: none, norm, pertensor, value"),
+        (["compare", "--method", "norm:1.0,colour=red"], "Valid keys for 'norm'"),
+        (["compare", "--seeds", "a,b"], "comma-separated integers"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(argv, needle, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("none,value:1.0,norm:1.0", ["none", "value:1.0", "norm:1.0"]),
+        ("norm:1.0,norm_type=inf,value:1", ["norm:1.0,norm_type=inf", "value:1"]),
+        ("value:min=-1,max=0.5;norm:2", ["value:min=-1,max=0.5", "norm:2"]),
+        (" none , norm:1 ", ["none", "norm:1"]),
+    ],
+)
+def test_split_methods(text, expected):
+    assert cli.split_methods(text) == expected
+
+
+def test_help_reads_well():
+    for argv in (["--help"], ["compare", "--help"]):
+        proc = subprocess.run([sys.executable, "-m", "gradclip.cli", *argv], capture_output=True, text=True)
+        assert proc.returncode == 0
+        assert "compare" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "gradclip.cli", "compare", "--help"], capture_output=True, text=True)
+    assert "--method" in proc.stdout and "pertensor:1.0" in proc.stdout
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    assert cli.main([]) == 2
+    assert "compare" in capsys.readouterr().out
+
+
+def test_table_alignment():
+    text = table(["name", "value"], [["a", "1.5"], ["bbb", "10"]])
+    lines = text.splitlines()
+    assert lines[0].startswith("name") and set(lines[1]) <= {"-", " "}
+    assert lines[2].endswith("  1.5") and lines[3].endswith("   10")
+
+
+def test_compare_table_marks_divergence_and_summarises():
+    result = {
+        "task": "regression", "framework": "torch",
+        "runs": [
+            {"method": "none", "seed": 0, "initial_loss": 100.0, "final_loss": None, "diverged": True,
+             "first_nonfinite_step": 4, "max_grad_norm": 1e15, "clipped_fraction": 0.0, "seconds": 0.1},
+            {"method": "norm:1.0", "seed": 0, "initial_loss": 100.0, "final_loss": 0.5, "diverged": False,
+             "first_nonfinite_step": None, "max_grad_norm": 20.0, "clipped_fraction": 0.75, "seconds": 0.2},
+        ],
+    }
+    text = compare_table(result)
+    assert "yes @ step 4" in text and "75.0" in text
+    assert "1/1" in text and "0/1" in text

@@ -1,0 +1,109 @@
+"""The before/after experiment behind ``gradclip compare``."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+import gradclip
+from gradclip.experiments import compare, get_task
+
+RUN_KEYS = {
+    "method", "seed", "final_loss", "initial_loss", "diverged", "first_nonfinite_step", "steps",
+    "clipped_fraction", "max_grad_norm", "seconds",
+}
+
+
+@pytest.fixture(scope="module")
+def default_result(tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("logs")
+    return compare("regression", ["none", "value:1.0", "norm:1.0"], [0, 1, 2], log_dir=log_dir), log_dir
+
+
+def test_unclipped_training_diverges_within_the_first_epochs(default_result):
+    result, _ = default_result
+    steps_per_epoch = math.ceil(1000 / get_task("regression").batch_size)
+    for run in (r for r in result["runs"] if r["method"] == "none"):
+        assert run["diverged"] is True
+        assert run["final_loss"] is None
+        assert run["first_nonfinite_step"] is not None and run["first_nonfinite_step"] < 2 * steps_per_epoch
+
+
+@pytest.mark.parametrize("method", ["value:1.0", "norm:1.0"])
+def test_clipped_training_converges(default_result, method):
+    result, _ = default_result
+    runs = [r for r in result["runs"] if r["method"] == method]
+    assert len(runs) == 3
+    for run in runs:
+        assert run["diverged"] is False and run["first_nonfinite_step"] is None
+        assert run["steps"] == 50 * 8
+        assert math.isfinite(run["final_loss"])
+        assert run["final_loss"] < run["initial_loss"] / 50
+        assert 0.0 < run["clipped_fraction"] <= 1.0
+        assert run["max_grad_norm"] > 1.0
+
+
+def test_norm_clipping_beats_value_clipping_on_this_task(default_result):
+    result, _ = default_result
+    mean = lambda m: sum(r["final_loss"] for r in result["runs"] if r["method"] == m) / 3  # noqa: E731
+    assert mean("norm:1.0") < mean("value:1.0")
+
+
+def test_results_follow_the_documented_schema(default_result):
+    result, _ = default_result
+    assert result["task"] == "regression" and result["framework"] == "torch"
+    assert result["gradclip_version"] == gradclip.__version__
+    assert result["config"]["lr"] == 0.07 and result["config"]["batch_size"] == 128
+    json.dumps(result, allow_nan=False)  # strict JSON: no NaN or Infinity anywhere
+    for run in result["runs"]:
+        assert set(run) == RUN_KEYS
+        assert isinstance(run["seed"], int) and isinstance(run["steps"], int)
+        assert isinstance(run["diverged"], bool)
+
+
+def test_per_step_logs_have_one_line_per_step(default_result):
+    result, log_dir = default_result
+    files = sorted(log_dir.glob("*.jsonl"))
+    assert len(files) == 9
+    norm_log = log_dir / "regression__norm_1.0__seed0.jsonl"
+    lines = [json.loads(line) for line in norm_log.read_text().splitlines()]
+    assert len(lines) == 400
+    assert {"step", "epoch", "loss", "norm", "clipped_norm", "coef", "clipped"} <= set(lines[0])
+    assert [r["step"] for r in lines] == list(range(400))
+    for rec in lines:
+        assert rec["clipped_norm"] <= 1.0 + 1e-6 or not rec["clipped"]
+        if rec["clipped"]:
+            assert rec["clipped_norm"] == pytest.approx(rec["norm"] * rec["coef"], rel=1e-5)
+    none_log = log_dir / "regression__none__seed0.jsonl"
+    none_lines = [json.loads(line) for line in none_log.read_text().splitlines()]
+    run = next(r for r in result["runs"] if r["method"] == "none" and r["seed"] == 0)
+    assert len(none_lines) == run["first_nonfinite_step"] + 1  # the failing step is logged too
+
+
+def test_runs_are_reproducible_per_seed():
+    a = compare("regression", ["norm:1.0"], [3])["runs"][0]
+    b = compare("regression", ["norm:1.0"], [3])["runs"][0]
+    c = compare("regression", ["norm:1.0"], [4])["runs"][0]
+    assert a["final_loss"] == b["final_loss"]
+    assert a["final_loss"] != c["final_loss"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"task": "cifar"}, "Valid tasks: regression"),
+        ({"methods": ["none", "bogus:1"]}, "Valid methods:"),
+        ({"methods": ["norm:-1"]}, "max_norm must be >= 0"),
+        ({"methods": []}, "No method given"),
+        ({"framework": "mxnet"}, "Valid frameworks: torch"),
+    ],
+)
+def test_bad_input_is_refused_before_training(kwargs, needle, monkeypatch):
+    from gradclip.experiments import _torch
+
+    monkeypatch.setattr(_torch, "run", lambda *a, **k: pytest.fail("trained despite bad input"))
+    args = {"task": "regression", "methods": ["none"], "seeds": [0], **kwargs}
+    with pytest.raises(gradclip.ConfigError, match=needle):
+        compare(args.pop("task"), args.pop("methods"), args.pop("seeds"), **args)
