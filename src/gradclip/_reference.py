@@ -54,7 +54,7 @@ def coef(norm: float, max_norm: float, semantics: str = "torch") -> float:
     """The global scale factor of each framework (see ``gradclip.GlobalNorm``)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         if semantics == "torch":
-            return float(min(1.0, max_norm / (norm + TORCH_EPS))) if not np.isnan(norm) else float("nan")
+            return float(np.minimum(1.0, max_norm / (norm + TORCH_EPS)))  # NaN stays NaN (inf/inf too)
         if semantics in ("tf", "keras"):
             if not np.isfinite(norm):
                 return float("nan")

@@ -14,10 +14,14 @@ def _scalar(value: Any) -> float | bool | None:
     """Turn a 0-d array of any framework (or a Python number) into a Python scalar."""
     if value is None:
         return None
+    if isinstance(value, (tuple, list)):  # an asymmetric Value threshold: (lo, hi)
+        return tuple(_scalar(v) for v in value)
+    item = getattr(value, "item", None)  # before the isinstance check: np.float64 is a float
+    if item is not None:
+        return item()
     if isinstance(value, (bool, int, float)):
         return value
-    item = getattr(value, "item", None)
-    return item() if item is not None else float(value)
+    return float(value)
 
 
 class ClipStats:

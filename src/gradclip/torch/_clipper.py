@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from gradclip import _validate
-from gradclip._errors import NonFiniteError, StateDictError, nonfinite_message
+from gradclip._errors import NonFiniteError, Offender, StateDictError, nonfinite_message
 from gradclip._policies import Decision, Measurement, Policy
 from gradclip._spec import parse_policy
 from gradclip._stats import ClipStats
@@ -94,7 +94,7 @@ class Clipper:
         finite = torch.isfinite(norm)
         host = grads[0].device.type == "cpu" or self.nonfinite != "propagate"
         if host and not bool(finite):
-            return self._nonfinite_step(names, index, grads, norm, finite, p)
+            return self._nonfinite_step(names, index, grads, norm, tensor_norms, finite, p, acc)
         if self._state is None:
             self._state = self.policy.init_state(TorchOps)
         m = Measurement(norm=norm, tensor_norms=tensor_norms if self.policy.needs_tensor_norms else None, finite=finite)
@@ -128,30 +128,31 @@ class Clipper:
             skipped=false, threshold=d.threshold, offenders=offenders, norm_type=p,
         )
 
-    def _nonfinite_step(self, names, index, grads, norm, finite, p) -> ClipStats:
+    def _nonfinite_step(self, names, index, grads, norm, tensor_norms, finite, p, acc) -> ClipStats:
         found = _measure.offenders(names, index, grads)
         if self.nonfinite == "error":
             message = nonfinite_message(float(norm), p, found)
             raise NonFiniteError(message + ("" if found else _measure.overflow_hint(norm, grads)), found, float(norm))
         if self.nonfinite == "propagate":  # CPU: apply the policy anyway, as torch would
             self._state = self._state if self._state is not None else self.policy.init_state(TorchOps)
-            m = Measurement(norm=norm, tensor_norms=_measure.norms_in_order(grads, p, self.foreach, norm.dtype), finite=finite)
+            m = Measurement(norm=norm, tensor_norms=tensor_norms, finite=finite)
             decision, self._state = self.policy.decide(m, self._state, TorchOps)
             self.steps += 1
-            return self._apply(decision, grads, norm, m.tensor_norms, finite, p, norm.dtype, found)
+            return self._apply(decision, grads, norm, tensor_norms, finite, p, acc, found)
         zero = self.nonfinite == "zero"
         if zero:
             _measure.zero_(grads)
         self.steps += 1
+        flag = lambda v: torch.tensor(v, device=norm.device)  # noqa: E731
         return ClipStats(
             norm=norm, clipped_norm=torch.zeros_like(norm) if zero else norm,
-            coef=torch.zeros_like(norm) if zero else None, clipped=torch.tensor(zero),
-            nonfinite=torch.tensor(True), skipped=torch.tensor(not zero), threshold=None,
+            coef=torch.zeros_like(norm) if zero else None, clipped=flag(zero),
+            nonfinite=flag(True), skipped=flag(not zero), threshold=None,
             offenders=found, norm_type=p,
         )
 
     def _empty_stats(self, p: float) -> ClipStats:
-        zero = torch.tensor(0.0)
+        zero = torch.tensor(0.0, dtype=self.norm_dtype or torch.float32)
         return ClipStats(
             norm=zero, clipped_norm=zero, coef=None, clipped=torch.tensor(False),
             nonfinite=torch.tensor(False), skipped=torch.tensor(False), threshold=None, norm_type=p,
@@ -178,6 +179,12 @@ class Clipper:
                 "A Clipper state dict has keys 'policy', 'steps' and 'state'. Received: "
                 f"{sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict).__name__}."
             )
+        steps, state = state_dict["steps"], state_dict["state"]
+        if not isinstance(state, dict) or isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise StateDictError(
+                "A Clipper state dict has an int 'steps' >= 0 and a dict 'state'. Received: "
+                f"steps={steps!r}, state of type {type(state).__name__}."
+            )
         if state_dict["policy"] != self.policy.spec():
             raise StateDictError(
                 f"This state dict was saved with policy {state_dict['policy']!r}, but this Clipper "
@@ -188,7 +195,6 @@ class Clipper:
 
 
 def _lazy_offenders(names, index, grads, flags) -> tuple:
-    from gradclip._errors import Offender
-
+    """Offenders from per-tensor non-finite flags (counts unknown: -1)."""
     bad = flags.nonzero().flatten().tolist()
     return tuple(Offender(names[i], index[i], tuple(grads[i].shape), -1, -1) for i in bad)

@@ -32,6 +32,8 @@ def use_foreach(foreach: bool | None, tensors: list[torch.Tensor], device: torch
 
 def grouped(tensors: list[torch.Tensor]) -> list[tuple[torch.device, list[torch.Tensor], list[int]]]:
     """Group tensors by (device, dtype) in torch's order: ``[(device, tensors, positions), ...]``."""
+    if not tensors:  # torch's grouping raises on an empty list (torch.nn.utils.clip_grad_value_([]) does)
+        return []
     groups = _group_tensors_by_device_and_dtype([tensors], with_indices=True)
     return [(device, ts, idx) for (device, _), ([ts], idx) in groups.items()]
 
@@ -65,7 +67,10 @@ def norms_in_order(
     first = tensors[0].device
     out: list[torch.Tensor | None] = [None] * len(tensors)
     for device, ts, idx in grouped(tensors):
-        if use_foreach(foreach, ts, device):
+        if p == float("inf") and any(g.numel() == 0 for g in ts):  # torch refuses max of nothing; it is 0
+            zero = torch.zeros((), dtype=dtype, device=device)
+            norms = [torch.linalg.vector_norm(g, p, dtype=dtype) if g.numel() else zero for g in ts]
+        elif use_foreach(foreach, ts, device):
             norms = torch._foreach_norm(ts, p, dtype=dtype)
         else:
             norms = [torch.linalg.vector_norm(g, p, dtype=dtype) for g in ts]
