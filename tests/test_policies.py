@@ -260,7 +260,7 @@ def test_noclip_decides_nothing():
 
 def test_fixed_policies_have_no_state():
     for p in ROUND_TRIP:
-        assert p.init_state(NumpyOps) == {}
+        assert p.init_state(np.float64(1.0), NumpyOps) == {}
 
 
 # ----------------------------------------------------------------------------- decide vs the oracle

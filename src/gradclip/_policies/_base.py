@@ -81,8 +81,14 @@ class Policy:
         """Order of the norms the adapter measures for this policy (2 unless it has ``norm_type``)."""
         return float(getattr(self, "norm_type", 2.0))
 
-    def init_state(self, ops: Any) -> dict[str, Any]:
-        """Return the initial state (a flat dict of arrays). Fixed policies have none."""
+    def init_state(self, like: Any, ops: Any) -> dict[str, Any]:
+        """Return the initial state: a flat dict of arrays. Fixed policies have none.
+
+        Args:
+            like: A 0-d array of the measured norm: state arrays take its framework, device and
+                dtype (``ops.full((n,), value, like)``), so deciding never leaves the device.
+            ops: The backend's operations (:mod:`gradclip._ops`).
+        """
         return {}
 
     def decide(self, m: Measurement, state: dict[str, Any], ops: Any) -> tuple[Decision, dict[str, Any]]:

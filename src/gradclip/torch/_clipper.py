@@ -96,7 +96,7 @@ class Clipper:
         if host and not bool(finite):
             return self._nonfinite_step(names, index, grads, norm, tensor_norms, finite, p, acc)
         if self._state is None:
-            self._state = self.policy.init_state(TorchOps)
+            self._state = self.policy.init_state(norm, TorchOps)
         m = Measurement(norm=norm, tensor_norms=tensor_norms if self.policy.needs_tensor_norms else None, finite=finite)
         decision, self._state = self.policy.decide(m, self._state, TorchOps)
         offenders: Any = ()
@@ -134,7 +134,7 @@ class Clipper:
             message = nonfinite_message(float(norm), p, found)
             raise NonFiniteError(message + ("" if found else _measure.overflow_hint(norm, grads)), found, float(norm))
         if self.nonfinite == "propagate":  # CPU: apply the policy anyway, as torch would
-            self._state = self._state if self._state is not None else self.policy.init_state(TorchOps)
+            self._state = self._state if self._state is not None else self.policy.init_state(norm, TorchOps)
             m = Measurement(norm=norm, tensor_norms=tensor_norms, finite=finite)
             decision, self._state = self.policy.decide(m, self._state, TorchOps)
             self.steps += 1
