@@ -36,7 +36,7 @@ def test_progress_bar_goes_to_stderr(capsys):
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["compare", "--task", "nope"], "Valid tasks: regression"),
+        (["compare", "--task", "nope"], "Valid tasks: digits-lstm, regression"),
         (["compare", "--method", "none,wat:2"], "Valid methods: none, norm, pertensor, value"),
         (["compare", "--method", "norm:1.0,colour=red"], "Valid keys for 'norm'"),
         (["compare", "--seeds", "a,b"], "comma-separated integers"),
@@ -80,6 +80,15 @@ def test_table_alignment():
     lines = text.splitlines()
     assert lines[0].startswith("name") and set(lines[1]) <= {"-", " "}
     assert lines[2].endswith("  1.5") and lines[3].endswith("   10")
+
+
+def test_compare_table_shows_test_accuracy_when_present():
+    run = {"method": "norm:1.0", "seed": 0, "initial_loss": 2.3, "final_loss": 0.5, "diverged": False,
+           "first_nonfinite_step": None, "max_grad_norm": 6.0, "clipped_fraction": 0.02, "seconds": 3.0,
+           "test_accuracy": 0.8125}
+    text = compare_table({"task": "digits-lstm", "framework": "torch", "runs": [run]})
+    assert "test acc" in text and "0.812" in text and "mean test acc" in text
+    assert "test acc" not in compare_table({"task": "t", "framework": "torch", "runs": [dict(run, test_accuracy=None)]})
 
 
 def test_compare_table_marks_divergence_and_summarises():

@@ -12,7 +12,7 @@ from gradclip.experiments import compare, get_task
 
 RUN_KEYS = {
     "method", "seed", "final_loss", "initial_loss", "diverged", "first_nonfinite_step", "steps",
-    "clipped_fraction", "max_grad_norm", "seconds",
+    "clipped_fraction", "max_grad_norm", "seconds", "test_accuracy",
 }
 
 
@@ -93,7 +93,7 @@ def test_runs_are_reproducible_per_seed():
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [
-        ({"task": "cifar"}, "Valid tasks: regression"),
+        ({"task": "cifar"}, "Valid tasks: digits-lstm, regression"),
         ({"methods": ["none", "bogus:1"]}, "Valid methods:"),
         ({"methods": ["norm:-1"]}, "max_norm must be >= 0"),
         ({"methods": []}, "No method given"),
@@ -107,3 +107,30 @@ def test_bad_input_is_refused_before_training(kwargs, needle, monkeypatch):
     args = {"task": "regression", "methods": ["none"], "seeds": [0], **kwargs}
     with pytest.raises(gradclip.ConfigError, match=needle):
         compare(args.pop("task"), args.pop("methods"), args.pop("seeds"), **args)
+
+
+def test_regression_reports_no_test_accuracy(default_result):
+    result, _ = default_result
+    assert all(r["test_accuracy"] is None for r in result["runs"])
+
+
+@pytest.mark.slow
+def test_digits_lstm_clipping_beats_no_clipping_on_every_seed():
+    result = compare("digits-lstm", ["none", "norm:1.0"], [0, 1, 2])
+    assert result["config"]["model"] == "lstm" and result["config"]["sizes"] == [8, 64, 10]
+    by = {(r["method"], r["seed"]): r for r in result["runs"]}
+    for seed in (0, 1, 2):
+        none, clipped = by[("none", seed)], by[("norm:1.0", seed)]
+        assert 0.0 <= none["test_accuracy"] <= 1.0
+        assert clipped["test_accuracy"] > none["test_accuracy"]
+        assert clipped["final_loss"] < none["final_loss"]
+        assert clipped["steps"] == 25 * 45  # 1437 training images, batch 32
+    mean = lambda m: sum(by[(m, s)]["test_accuracy"] for s in (0, 1, 2)) / 3  # noqa: E731
+    assert mean("norm:1.0") > mean("none") + 0.2
+
+
+def test_digits_data_is_rows_of_pixels_in_unit_range():
+    data = get_task("digits-lstm").load()
+    assert data.X.shape == (1437, 8, 8) and data.X_test.shape == (360, 8, 8)
+    assert data.X.min() >= 0.0 and data.X.max() <= 1.0
+    assert set(data.y.tolist()) == set(range(10))

@@ -31,20 +31,28 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 def compare_table(result: dict[str, Any]) -> str:
     """The table ``gradclip compare`` prints: one row per run, then one summary row per method."""
+    acc = any(r.get("test_accuracy") is not None for r in result["runs"])
     rows = []
     for r in result["runs"]:
         diverged = f"yes @ step {r['first_nonfinite_step']}" if r["diverged"] else "no"
         rows.append([
             r["method"], str(r["seed"]), _fmt(r["initial_loss"]), _fmt(r["final_loss"]), diverged,
+            *([_fmt(r["test_accuracy"], ".3f")] if acc else []),
             _fmt(r["max_grad_norm"]), f"{100 * r['clipped_fraction']:.1f}", f"{r['seconds']:.2f}",
         ])
-    runs = table(["method", "seed", "initial loss", "final loss", "diverged", "max grad norm", "% clipped", "seconds"], rows)
+    headers = ["method", "seed", "initial loss", "final loss", "diverged", *(["test acc"] if acc else []),
+               "max grad norm", "% clipped", "seconds"]
+    runs = table(headers, rows)
     summary_rows = []
     for method in dict.fromkeys(r["method"] for r in result["runs"]):
         mine = [r for r in result["runs"] if r["method"] == method]
         ok = [r["final_loss"] for r in mine if not r["diverged"]]
         mean = sum(ok) / len(ok) if ok else None
-        summary_rows.append([method, f"{len(mine) - len(ok)}/{len(mine)}", _fmt(mean)])
-    summary = table(["method", "diverged runs", "mean final loss (converged runs)"], summary_rows)
+        row = [method, f"{len(mine) - len(ok)}/{len(mine)}", _fmt(mean)]
+        if acc:
+            row.append(_fmt(sum(r["test_accuracy"] or 0.0 for r in mine) / len(mine), ".3f"))
+        summary_rows.append(row)
+    summary = table(["method", "diverged runs", "mean final loss (converged runs)",
+                     *(["mean test acc"] if acc else [])], summary_rows)
     head = f"task: {result['task']}   framework: {result['framework']}"
     return f"{head}\n\n{runs}\n\n{summary}"

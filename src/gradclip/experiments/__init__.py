@@ -2,6 +2,6 @@
 
 from gradclip.experiments._compare import DEFAULT_METHODS, DEFAULT_SEEDS, FRAMEWORKS, compare
 from gradclip.experiments._results import RunResult
-from gradclip.experiments._tasks import TASKS, Task, get_task
+from gradclip.experiments._tasks import TASKS, Data, Task, get_task
 
-__all__ = ["DEFAULT_METHODS", "DEFAULT_SEEDS", "FRAMEWORKS", "TASKS", "RunResult", "Task", "compare", "get_task"]
+__all__ = ["DEFAULT_METHODS", "DEFAULT_SEEDS", "FRAMEWORKS", "TASKS", "Data", "RunResult", "Task", "compare", "get_task"]

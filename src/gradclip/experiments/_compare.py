@@ -32,7 +32,7 @@ def compare(
     """Train the task once per (method, seed) and return the results as JSON-ready data.
 
     Args:
-        task: Task name (``"regression"``).
+        task: Task name (``"regression"`` or ``"digits-lstm"``).
         methods: Method spec strings; each is checked before any training starts.
         seeds: Seeds; every method runs with each.
         framework: ``"torch"``.

@@ -24,6 +24,8 @@ class RunResult:
         clipped_fraction: Fraction of steps whose gradients were changed by clipping.
         max_grad_norm: Largest finite pre-clip gradient norm seen, ``None`` if none was finite.
         seconds: Wall time of the run.
+        test_accuracy: Accuracy on the held-out test set (classification tasks; ``None``
+            otherwise). A diverged model is still evaluated: NaN logits give chance level or less.
     """
 
     method: str
@@ -36,6 +38,7 @@ class RunResult:
     clipped_fraction: float
     max_grad_norm: float | None
     seconds: float
+    test_accuracy: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

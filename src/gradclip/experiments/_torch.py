@@ -11,14 +11,29 @@ import torch
 
 from gradclip._spec import parse_policy
 from gradclip.experiments._results import RunResult
-from gradclip.experiments._tasks import Task
+from gradclip.experiments._tasks import Data, Task
 from gradclip.torch import Clipper
 
 
+class _RowLSTM(torch.nn.Module):
+    """LSTM over the rows of an image, then a linear classifier on the last hidden state."""
+
+    def __init__(self, features: int, hidden: int, classes: int) -> None:
+        super().__init__()
+        self.lstm = torch.nn.LSTM(features, hidden, batch_first=True)
+        self.head = torch.nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(x)
+        return self.head(out[:, -1])
+
+
 def build_model(task: Task) -> torch.nn.Module:
-    """MLP with ReLU between layers, Xavier-uniform weights and biases set to 0.01."""
+    """The task's model: an MLP (ReLU, Xavier-uniform weights, biases 0.01) or the row LSTM."""
+    if task.model == "lstm":
+        return _RowLSTM(*task.sizes)
     layers: list[torch.nn.Module] = []
-    widths = task.model
+    widths = task.sizes
     for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
         linear = torch.nn.Linear(a, b)
         torch.nn.init.xavier_uniform_(linear.weight)
@@ -29,14 +44,14 @@ def build_model(task: Task) -> torch.nn.Module:
     return torch.nn.Sequential(*layers)
 
 
-def run(task: Task, method: str, seed: int, data: tuple, log_path: Path | None = None) -> RunResult:
+def run(task: Task, method: str, seed: int, data: Data, log_path: Path | None = None) -> RunResult:
     """Train ``task``'s model with clipping ``method`` and report how it went.
 
     Args:
         task: The task (data, model and optimizer settings).
         method: A method spec string (``"none"``, ``"norm:1.0"``, ...).
         seed: Seeds the initial weights and the batch order.
-        data: ``(X, y)`` NumPy arrays from ``task.load()`` (loaded once for all runs).
+        data: The task's arrays from ``task.load()`` (loaded once for all runs).
         log_path: When given, one JSON line per step is written there.
 
     Returns:
@@ -44,12 +59,12 @@ def run(task: Task, method: str, seed: int, data: tuple, log_path: Path | None =
     """
     start = time.perf_counter()
     torch.manual_seed(seed)
-    X, y = (torch.from_numpy(a) for a in data)
+    X, y = torch.from_numpy(data.X), torch.from_numpy(data.y)
     model = build_model(task)
     optimizer = torch.optim.SGD(model.parameters(), lr=task.lr, momentum=task.momentum)
     clipper = Clipper(parse_policy(method))
     order = torch.Generator().manual_seed(seed)
-    loss_fn = torch.nn.functional.mse_loss
+    loss_fn = torch.nn.functional.mse_loss if task.loss == "mse" else torch.nn.functional.cross_entropy
     with torch.no_grad():
         initial = float(loss_fn(model(X), y))
     log = open(log_path, "w") if log_path else None
@@ -81,12 +96,16 @@ def run(task: Task, method: str, seed: int, data: tuple, log_path: Path | None =
             log.close()
     with torch.no_grad():
         final = float(loss_fn(model(X), y))
+        accuracy = None
+        if task.loss == "cross_entropy" and data.X_test is not None:
+            predicted = model(torch.from_numpy(data.X_test)).argmax(dim=1)
+            accuracy = float((predicted == torch.from_numpy(data.y_test)).double().mean())
     diverged = first_bad is not None or not math.isfinite(final)
     return RunResult(
         method=method, seed=seed, final_loss=None if diverged else final, initial_loss=initial,
         diverged=diverged, first_nonfinite_step=first_bad, steps=step,
         clipped_fraction=clipped / step if step else 0.0, max_grad_norm=max_norm,
-        seconds=round(time.perf_counter() - start, 3),
+        seconds=round(time.perf_counter() - start, 3), test_accuracy=accuracy,
     )
 
 
