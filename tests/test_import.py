@@ -48,6 +48,7 @@ def test_the_check_itself_detects_a_framework():
 
 def test_public_api_is_frozen():
     assert gradclip.__all__ == [
+        "AGC",
         "ClipStats",
         "ConfigError",
         "GlobalNorm",

@@ -19,13 +19,14 @@ from gradclip._errors import (
     Offender,
     StateDictError,
 )
-from gradclip._policies import GlobalNorm, NoClip, PerTensorNorm, Policy, Value
+from gradclip._policies import AGC, GlobalNorm, NoClip, PerTensorNorm, Policy, Value
 from gradclip._spec import parse_policy
 from gradclip._stats import ClipStats
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AGC",
     "ClipStats",
     "ConfigError",
     "GlobalNorm",

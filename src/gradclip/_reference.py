@@ -86,3 +86,29 @@ def clip_tensor_norm(
 def clip_value(grads: Sequence[np.ndarray], lo: float | None, hi: float | None) -> list[np.ndarray]:
     """Clamp every element into ``[lo, hi]``; NaN stays NaN."""
     return [np.clip(x, lo, hi) for x in _f64(grads)]
+
+
+def unit_norms(x: np.ndarray, axes: tuple[int, ...] | None) -> np.ndarray:
+    """L2 norm per unit over ``axes`` (kept as size-1 dims); the whole array when ``None``."""
+    a = np.asarray(x, dtype=np.float64)
+    if axes is None:
+        return np.sqrt(np.sum(a * a))
+    return np.sqrt(np.sum(a * a, axis=axes, keepdims=True))
+
+
+def agc(grad: np.ndarray, param: np.ndarray, clip_factor: float, eps: float, axes: tuple[int, ...] | None) -> np.ndarray:
+    """Brock et al. 2021 unit-wise AGC of one tensor, unit by unit with a plain loop."""
+    g = np.asarray(grad, dtype=np.float64).copy()
+    w = np.asarray(param, dtype=np.float64)
+    if axes is None:
+        units = [Ellipsis]
+    else:
+        kept = [d for d in range(g.ndim) if d not in axes]
+        units = [tuple(idx[kept.index(d)] if d in kept else slice(None) for d in range(g.ndim))
+                 for idx in np.ndindex(*[g.shape[d] for d in kept])]
+    for u in units:
+        gn = np.sqrt(np.sum(g[u] ** 2))
+        wn = max(np.sqrt(np.sum(w[u] ** 2)), eps)
+        if gn / wn > clip_factor:
+            g[u] = g[u] * (clip_factor * wn / max(gn, 1e-6))
+    return g

@@ -22,30 +22,42 @@ class Measurement:
 
     Attributes:
         norm: Total norm of all gradients (0-d array, order ``policy.norm_type``).
-        tensor_norms: 1-D array with the norm of each gradient tensor (same order), present when
-            the policy sets ``needs_tensor_norms``; otherwise ``None``.
+        tensor_norms: 1-D array with the norm of each gradient tensor (same order). Adapters
+            must provide it when the policy sets ``needs_tensor_norms``; the torch adapter always does.
         finite: 0-d boolean array, True when every gradient element is finite.
+        names: Parameter names, in the order of ``tensor_norms``.
+        unit_norms: For policies that set ``needs_unit_norms``: per gradient tensor, the L2 norm
+            of each unit (kept dims, broadcastable to the tensor), or ``None`` for a tensor the
+            policy excludes.
+        param_unit_norms: The same for the parameter values.
     """
 
     norm: Any
     tensor_norms: Any = None
     finite: Any = True
+    names: tuple[str, ...] = ()
+    unit_norms: Any = None
+    param_unit_norms: Any = None
 
 
 @dataclass(frozen=True)
 class Decision:
-    """What to do to the gradients. At most one of ``coef``, ``coefs`` and ``clamp`` is set.
+    """What to do to the gradients. At most one of ``coef``, ``coefs``, ``unit_coefs`` and
+    ``clamp`` is set.
 
     Attributes:
         threshold: The threshold used (reported in :class:`gradclip.ClipStats`).
         coef: 0-d array: multiply every gradient by it.
         coefs: 1-D array: multiply gradient ``i`` by ``coefs[i]``.
+        unit_coefs: Per gradient tensor, an array broadcastable to it (one factor per unit), or
+            ``None`` to leave that tensor unchanged.
         clamp: ``(lo, hi)``: clamp every element into ``[lo, hi]`` (either may be ``None``).
     """
 
     threshold: Any = None
     coef: Any = None
     coefs: Any = None
+    unit_coefs: Any = None
     clamp: tuple[float | None, float | None] | None = None
 
 
@@ -63,12 +75,15 @@ class Policy:
         spec_positional: Field set by an unnamed argument (``"norm:1.0"`` sets ``max_norm``).
         spec_aliases: Short keys accepted in spec strings (``{"p": "percentile"}``).
         needs_tensor_norms: Whether :meth:`decide` reads ``Measurement.tensor_norms``.
+        needs_unit_norms: Whether :meth:`decide` reads the unit-wise gradient and parameter
+            norms (then the policy also has ``axis`` and ``excluded(name, module_names)``).
     """
 
     spec_name: ClassVar[str] = ""
     spec_positional: ClassVar[str | None] = None
     spec_aliases: ClassVar[dict[str, str]] = {}
     needs_tensor_norms: ClassVar[bool] = False
+    needs_unit_norms: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -11,7 +11,7 @@ from gradclip._errors import NonFiniteError, Offender, StateDictError, nonfinite
 from gradclip._policies import Decision, Measurement, Policy
 from gradclip._spec import parse_policy
 from gradclip._stats import ClipStats
-from gradclip.torch import _measure, _params
+from gradclip.torch import _measure, _params, _units
 from gradclip.torch._ops import TorchOps
 
 __all__ = ["Clipper"]
@@ -84,7 +84,8 @@ class Clipper:
             NonFiniteError: with ``nonfinite="error"`` and NaN/Inf gradients (left untouched).
             InputTypeError: ``parameters`` is not one of the accepted containers.
         """
-        names, index, grads = _params.with_grads(_params.named_tensors(parameters))
+        named = _params.named_tensors(parameters)
+        names, index, grads = _params.with_grads(named)
         p = self.policy.measure_norm_type
         if not grads:
             return self._empty_stats(p)
@@ -92,22 +93,30 @@ class Clipper:
         tensor_norms = _measure.norms_in_order(grads, p, self.foreach, acc)
         norm = torch.linalg.vector_norm(tensor_norms, p)
         finite = torch.isfinite(norm)
-        host = grads[0].device.type == "cpu" or self.nonfinite != "propagate"
-        if host and not bool(finite):
-            return self._nonfinite_step(names, index, grads, norm, tensor_norms, finite, p, acc)
-        if self._state is None:
-            self._state = self.policy.init_state(norm, TorchOps)
-        m = Measurement(norm=norm, tensor_norms=tensor_norms if self.policy.needs_tensor_norms else None, finite=finite)
-        decision, self._state = self.policy.decide(m, self._state, TorchOps)
         offenders: Any = ()
-        if not host:  # accelerator, propagate: names from the per-tensor flags, read lazily
+        if grads[0].device.type == "cpu" or self.nonfinite != "propagate":
+            if not bool(finite):  # one host read; free on the CPU
+                offenders = _measure.offenders(names, index, grads)
+                if self.nonfinite != "propagate":
+                    return self._refuse(grads, norm, offenders, p)
+        else:  # accelerator, propagate: names from the per-tensor flags, read lazily
             flags = ~torch.isfinite(tensor_norms)
             offenders = lambda: _lazy_offenders(names, index, grads, flags)  # noqa: E731
-        stats = self._apply(decision, grads, norm, tensor_norms, finite, p, acc, offenders)
+        if self._state is None:
+            self._state = self.policy.init_state(norm, TorchOps)
+        units: tuple = (None, None)
+        if self.policy.needs_unit_norms:
+            module_names = _units.excluded_module_params(self.policy, parameters)
+            units = _units.unit_norms(self.policy, names, [named[i][1] for i in index], grads, acc, module_names)
+        m = Measurement(norm=norm, tensor_norms=tensor_norms, finite=finite, names=tuple(names),
+                        unit_norms=units[0], param_unit_norms=units[1])
+        decision, self._state = self.policy.decide(m, self._state, TorchOps)
+        stats = self._apply(decision, grads, m, p, acc, offenders)
         self.steps += 1
         return stats
 
-    def _apply(self, d: Decision, grads, norm, tensor_norms, finite, p, acc, offenders) -> ClipStats:
+    def _apply(self, d: Decision, grads: list[torch.Tensor], m: Measurement, p: float, acc, offenders) -> ClipStats:
+        norm = m.norm
         false = torch.zeros((), dtype=torch.bool, device=norm.device)
         coef, clipped, clipped_norm = None, false, norm
         if d.coef is not None:
@@ -117,28 +126,24 @@ class Clipper:
         elif d.coefs is not None:
             _measure.scale_each_(grads, d.coefs)
             clipped = torch.any(d.coefs < 1)
-            clipped_norm = torch.linalg.vector_norm(tensor_norms * d.coefs, p)
+            clipped_norm = torch.linalg.vector_norm(m.tensor_norms * d.coefs, p)
+        elif d.unit_coefs is not None:
+            clipped, clipped_norm = _units.scale_units_(grads, d.unit_coefs, m.unit_norms, m.tensor_norms)
         elif d.clamp is not None:
             lo, hi = d.clamp
             clipped = _measure.outside(grads, lo, hi)
             _measure.clamp_(grads, lo, hi, self.foreach)
             clipped_norm = torch.linalg.vector_norm(_measure.norms_in_order(grads, p, self.foreach, acc), p)
         return ClipStats(
-            norm=norm, clipped_norm=clipped_norm, coef=coef, clipped=clipped, nonfinite=~finite,
+            norm=norm, clipped_norm=clipped_norm, coef=coef, clipped=clipped, nonfinite=~m.finite,
             skipped=false, threshold=d.threshold, offenders=offenders, norm_type=p,
         )
 
-    def _nonfinite_step(self, names, index, grads, norm, tensor_norms, finite, p, acc) -> ClipStats:
-        found = _measure.offenders(names, index, grads)
+    def _refuse(self, grads: list[torch.Tensor], norm: torch.Tensor, found: tuple, p: float) -> ClipStats:
+        """Non-finite gradients under "error", "skip" or "zero": the policy and its state are not run."""
         if self.nonfinite == "error":
             message = nonfinite_message(float(norm), p, found)
             raise NonFiniteError(message + ("" if found else _measure.overflow_hint(norm, grads)), found, float(norm))
-        if self.nonfinite == "propagate":  # CPU: apply the policy anyway, as torch would
-            self._state = self._state if self._state is not None else self.policy.init_state(norm, TorchOps)
-            m = Measurement(norm=norm, tensor_norms=tensor_norms, finite=finite)
-            decision, self._state = self.policy.decide(m, self._state, TorchOps)
-            self.steps += 1
-            return self._apply(decision, grads, norm, tensor_norms, finite, p, acc, found)
         zero = self.nonfinite == "zero"
         if zero:
             _measure.zero_(grads)

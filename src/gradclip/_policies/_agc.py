@@ -1,0 +1,124 @@
+"""Adaptive gradient clipping (AGC): clip each unit's gradient relative to its weight's norm.
+
+References:
+    Brock, De, Smith, Simonyan. "High-Performance Large-Scale Image Recognition Without
+    Normalization", ICML 2021 (arXiv:2102.06171), Section 4.1.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gradclip import _validate
+from gradclip._errors import ConfigError
+from gradclip._policies._base import Decision, Measurement, Policy
+
+__all__ = ["AGC", "unit_axes"]
+
+#: Where the "unit" (output row, filter) sits in a weight, per framework.
+LAYOUTS = ("torch", "jax", "keras")
+GRAD_FLOOR = 1e-6
+
+
+def unit_axes(ndim: int, layout: str, axis: int | Sequence[int] | None = None) -> tuple[int, ...] | None:
+    """Axes to reduce over to get one norm per unit; ``None`` means the whole tensor.
+
+    PyTorch weights are ``[out, in, *kernel]``: reduce every axis but the first. JAX/Keras
+    kernels are ``[*kernel, in, out]``: reduce every axis but the last. Vectors and scalars are
+    one unit. An explicit ``axis`` wins.
+
+    Example:
+        >>> unit_axes(4, "torch"), unit_axes(4, "jax"), unit_axes(1, "torch")
+        ((1, 2, 3), (0, 1, 2), None)
+    """
+    if axis is not None:
+        return tuple(a % ndim for a in ((axis,) if isinstance(axis, int) else axis)) if ndim else None
+    if ndim <= 1:
+        return None
+    return tuple(range(1, ndim)) if layout == "torch" else tuple(range(ndim - 1))
+
+
+@dataclass(frozen=True)
+class AGC(Policy):
+    """Adaptive gradient clipping, unit-wise: ``G_i ← λ·max(‖W_i‖, ε)/max(‖G_i‖, 1e-6)·G_i``
+    when ``‖G_i‖ / max(‖W_i‖, ε) > λ``; other units are left bitwise unchanged.
+
+    A unit is an output row of a linear weight or an output filter of a convolution; biases,
+    gains and scalars are one unit each. AGC never scales a gradient up, and a zero-initialised
+    weight still gets gradient (its norm is floored at ``eps``).
+
+    Args:
+        clip_factor: λ > 0. Default 0.01 (the paper uses 0.01 for batch size 4096 and larger λ
+            for smaller batches).
+        eps: ε >= 0, the floor on ‖W_i‖. Default 1e-3 (the paper's value).
+        exclude: Parameters left unclipped: names (``"head.weight"``), glob patterns
+            (``"head.*"``) or module types (``torch.nn.Linear``; the adapter resolves them to names
+            when it is given the model). The paper excludes the final linear classifier; we
+            exclude nothing by default and never guess by position.
+        axis: Unit axes override (an int or tuple) for every tensor of rank >= 2; ``None`` uses
+            the adapter's layout (torch ``[out, in, ...]``, JAX/Keras ``[..., in, out]``).
+
+    Raises:
+        ConfigError: ``clip_factor`` <= 0 or not finite, ``eps`` < 0, an ``exclude`` entry that is
+            neither a string nor a type.
+
+    References:
+        Brock et al., ICML 2021 (arXiv:2102.06171).
+
+    Example:
+        >>> from gradclip._policies._agc import AGC
+        >>> AGC(0.02, exclude=("head.*",)).spec()
+        'agc:0.02,exclude=head.*'
+    """
+
+    clip_factor: float = 0.01
+    eps: float = 1e-3
+    exclude: tuple[Any, ...] = ()
+    axis: Any = None
+
+    spec_name = "agc"
+    spec_positional = "clip_factor"
+    needs_unit_norms = True
+
+    def __post_init__(self) -> None:
+        lam = _validate.threshold("clip_factor", self.clip_factor, allow_inf=False)
+        if lam == 0:
+            raise ConfigError("clip_factor must be > 0 (0 would zero every gradient). Received: 0.0.")
+        object.__setattr__(self, "clip_factor", lam)
+        object.__setattr__(self, "eps", _validate.threshold("eps", self.eps, allow_inf=False))
+        if isinstance(self.exclude, str):  # from a spec string: "head.*|fc.weight"
+            exclude = tuple(e for e in self.exclude.split("|") if e)
+        else:
+            exclude = (self.exclude,) if isinstance(self.exclude, type) else tuple(self.exclude)
+        for e in exclude:
+            if not isinstance(e, (str, type)):
+                raise ConfigError(
+                    f"exclude takes parameter names, glob patterns or module types. Received: {e!r}."
+                )
+        object.__setattr__(self, "exclude", exclude)
+
+    def spec(self) -> str:  # exclude patterns are written with '|' so the spec stays one token
+        base = super().spec()
+        if self.exclude:
+            names = "|".join(e if isinstance(e, str) else e.__name__ for e in self.exclude)
+            base = base.replace(f"exclude={self.exclude}", f"exclude={names}")
+        return base
+
+    def excluded(self, name: str, module_names: frozenset[str] = frozenset()) -> bool:
+        """Whether the parameter ``name`` is left unclipped (``module_names``: resolved types)."""
+        patterns = [e for e in self.exclude if isinstance(e, str)]
+        return name in module_names or any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+    def decide(self, m: Measurement, state: dict[str, Any], ops: Any) -> tuple[Decision, dict[str, Any]]:
+        coefs = []
+        for g_norm, w_norm in zip(m.unit_norms, m.param_unit_norms):
+            if g_norm is None:  # excluded
+                coefs.append(None)
+                continue
+            limit = self.clip_factor * ops.maximum(w_norm, self.eps)
+            trigger = g_norm > limit
+            coefs.append(ops.where(trigger, limit / ops.maximum(g_norm, GRAD_FLOOR), g_norm * 0.0 + 1.0))
+        return Decision(threshold=self.clip_factor, unit_coefs=coefs), state
