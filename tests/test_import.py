@@ -49,6 +49,7 @@ def test_the_check_itself_detects_a_framework():
 def test_public_api_is_frozen():
     assert gradclip.__all__ == [
         "AGC",
+        "Chain",
         "ClipStats",
         "ConfigError",
         "GlobalNorm",
@@ -59,9 +60,11 @@ def test_public_api_is_frozen():
         "Offender",
         "PerTensorNorm",
         "Policy",
+        "SpikeGuard",
         "StateDictError",
         "Value",
         "__version__",
+        "chain",
         "parse_policy",
     ]
     assert gradclip.__all__ == sorted(gradclip.__all__)

@@ -19,7 +19,7 @@ from gradclip._errors import (
     Offender,
     StateDictError,
 )
-from gradclip._policies import AGC, GlobalNorm, NoClip, PerTensorNorm, Policy, Value
+from gradclip._policies import AGC, Chain, GlobalNorm, NoClip, PerTensorNorm, Policy, SpikeGuard, Value, chain
 from gradclip._spec import parse_policy
 from gradclip._stats import ClipStats
 
@@ -27,6 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AGC",
+    "Chain",
     "ClipStats",
     "ConfigError",
     "GlobalNorm",
@@ -37,8 +38,10 @@ __all__ = [
     "Offender",
     "PerTensorNorm",
     "Policy",
+    "SpikeGuard",
     "StateDictError",
     "Value",
     "__version__",
+    "chain",
     "parse_policy",
 ]

@@ -43,3 +43,83 @@ class NumpyOps:
         if np.isinf(p):
             return x.max()
         return (x**p).sum() ** (1.0 / p)
+
+    # -- state helpers: arrays created like the measured norm (same device and dtype) --
+    @staticmethod
+    def full(n: int, value: float, like: Any) -> Any:
+        return np.full((n,), value, dtype=np.result_type(like, np.float32))
+
+    @staticmethod
+    def arange(n: int, like: Any) -> Any:
+        return np.arange(n, dtype=np.result_type(like, np.float32))
+
+    @staticmethod
+    def scalar(value: float, like: Any) -> Any:
+        return np.asarray(value, dtype=np.result_type(like, np.float32))
+
+    @staticmethod
+    def sum(x: Any) -> Any:
+        return np.sum(x)
+
+    @staticmethod
+    def sqrt(x: Any) -> Any:
+        return np.sqrt(x)
+
+    @staticmethod
+    def stack(xs: Any) -> Any:
+        return np.stack(xs)
+
+    # -- sorted/ring history buffers (AutoClip, MaxNormHistory); index arrays are int64 --
+    @staticmethod
+    def isfinite(x: Any) -> Any:
+        return np.isfinite(x)
+
+    @staticmethod
+    def filled(shape: tuple[int, ...], value: float, like: Any) -> Any:
+        return np.full(shape, value, dtype=np.result_type(like, np.float32))
+
+    @staticmethod
+    def index_arange(n: int, like: Any) -> Any:
+        return np.arange(n, dtype=np.int64)
+
+    @staticmethod
+    def index_scalar(value: int, like: Any) -> Any:
+        return np.asarray(value, dtype=np.int64)
+
+    @staticmethod
+    def concat(xs: Any, axis: int = -1) -> Any:
+        return np.concatenate(list(xs), axis=axis)
+
+    @staticmethod
+    def reshape(x: Any, shape: tuple[int, ...]) -> Any:
+        return np.reshape(x, shape)
+
+    @staticmethod
+    def take_last(x: Any, index: Any) -> Any:
+        """``x[..., index]`` for a 0-d integer array ``index``."""
+        return np.take(x, index, axis=-1)
+
+    @staticmethod
+    def searchsorted_left(rows: Any, values: Any) -> Any:
+        """Per row of ascending ``rows`` (K, L), how many entries are < ``values[k]`` (int64, (K,))."""
+        return np.sum(np.asarray(rows) < np.asarray(values)[..., None], axis=-1).astype(np.int64)
+
+    @staticmethod
+    def floor(x: Any) -> Any:
+        return np.floor(x)
+
+    @staticmethod
+    def as_float64(x: Any) -> Any:
+        return np.asarray(x, dtype=np.float64)
+
+    @staticmethod
+    def as_int64(x: Any) -> Any:
+        return np.asarray(x).astype(np.int64)
+
+    @staticmethod
+    def as_dtype_of(x: Any, like: Any) -> Any:
+        return np.asarray(x).astype(np.result_type(like, np.float32))
+
+    @staticmethod
+    def amax(x: Any) -> Any:
+        return np.max(x)

@@ -21,7 +21,8 @@ def parse_policy(spec: str | Policy) -> Policy:
 
     Args:
         spec: ``"none"``, ``"norm:1.0"``, ``"norm:1.0,norm_type=inf"``, ``"value:0.5"``,
-            ``"value:min=-1,max=0.5"``, ``"pertensor:1.0"``, ...
+            ``"value:min=-1,max=0.5"``, ``"pertensor:1.0"``, ``"agc:0.01"``, or several joined
+            with ``+`` to chain them (``"spikeguard+norm:1.0"``).
 
     Returns:
         The policy. ``"none"`` gives :class:`gradclip.NoClip` (measure only).
@@ -40,6 +41,14 @@ def parse_policy(spec: str | Policy) -> Policy:
     if not isinstance(spec, str):
         raise ConfigError(f"A method spec must be a string such as 'norm:1.0'. Received: {spec!r}.")
     text = spec.strip()
+    if "+" in text:
+        from gradclip._policies._chain import Chain
+
+        members = [parse_policy(part) for part in text.split("+")]
+        try:
+            return Chain(tuple(members))
+        except GradclipError as exc:
+            raise ConfigError(f"Invalid spec {spec!r}: {exc}") from None
     name, _, rest = text.partition(":")
     name = name.strip().lower()
     policies = registry()

@@ -52,6 +52,9 @@ class Decision:
         unit_coefs: Per gradient tensor, an array broadcastable to it (one factor per unit), or
             ``None`` to leave that tensor unchanged.
         clamp: ``(lo, hi)``: clamp every element into ``[lo, hi]`` (either may be ``None``).
+        skip: 0-d boolean array (or ``None``): when True the gradients are zeroed, the step is
+            reported as skipped and the optimizer step should not be taken. Combines with any
+            of the above.
     """
 
     threshold: Any = None
@@ -59,6 +62,7 @@ class Decision:
     coefs: Any = None
     unit_coefs: Any = None
     clamp: tuple[float | None, float | None] | None = None
+    skip: Any = None
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -118,6 +119,8 @@ class Clipper:
     def _apply(self, d: Decision, grads: list[torch.Tensor], m: Measurement, p: float, acc, offenders) -> ClipStats:
         norm = m.norm
         false = torch.zeros((), dtype=torch.bool, device=norm.device)
+        if d.skip is not None:
+            d = _fold_skip(d, norm)
         coef, clipped, clipped_norm = None, false, norm
         if d.coef is not None:
             coef = d.coef
@@ -133,10 +136,13 @@ class Clipper:
             lo, hi = d.clamp
             clipped = _measure.outside(grads, lo, hi)
             _measure.clamp_(grads, lo, hi, self.foreach)
+            if d.skip is not None:  # a clamp has no factor to fold the skip into
+                _measure.scale_(grads, (~d.skip).to(norm.dtype), self.foreach)
             clipped_norm = torch.linalg.vector_norm(_measure.norms_in_order(grads, p, self.foreach, acc), p)
+        skipped = d.skip if d.skip is not None else false
         return ClipStats(
-            norm=norm, clipped_norm=clipped_norm, coef=coef, clipped=clipped, nonfinite=~m.finite,
-            skipped=false, threshold=d.threshold, offenders=offenders, norm_type=p,
+            norm=norm, clipped_norm=clipped_norm, coef=coef, clipped=clipped | skipped, nonfinite=~m.finite,
+            skipped=skipped, threshold=d.threshold, offenders=offenders, norm_type=p,
         )
 
     def _refuse(self, grads: list[torch.Tensor], norm: torch.Tensor, found: tuple, p: float) -> ClipStats:
@@ -197,6 +203,18 @@ class Clipper:
             )
         self.steps = int(state_dict["steps"])
         self._state = dict(state_dict["state"]) or None
+
+
+def _fold_skip(d: Decision, norm: torch.Tensor) -> Decision:
+    """Fold a skip flag into the decision's factors (0 when skipping), without a host read."""
+    keep = (~d.skip).to(norm.dtype)
+    if d.coefs is not None:
+        return dataclasses.replace(d, coefs=d.coefs * keep)
+    if d.unit_coefs is not None:
+        return dataclasses.replace(d, unit_coefs=[keep if c is None else c * keep for c in d.unit_coefs])
+    if d.clamp is not None:
+        return d
+    return dataclasses.replace(d, coef=keep if d.coef is None else d.coef * keep)
 
 
 def _lazy_offenders(names, index, grads, flags) -> tuple:

@@ -1,0 +1,109 @@
+"""Spike guard: skip (or clip) a step whose gradient norm is far above the recent ones.
+
+The rule production language-model stacks use to survive loss spikes: compare each step's global
+gradient norm with the mean and standard deviation of the previous ``window`` norms and skip the
+update when it is more than ``sigma`` deviations above the mean.
+
+References:
+    OLMo Team. "2 OLMo 2 Furious", 2024 (arXiv:2501.00656), Section 3: skipping updates whose
+    gradient norm exceeds the rolling mean by 6 standard deviations over the last 128 steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gradclip import _validate
+from gradclip._errors import ConfigError
+from gradclip._policies._base import Decision, Measurement, Policy
+from gradclip._policies._fixed import TORCH_EPS
+
+__all__ = ["SpikeGuard"]
+
+
+@dataclass(frozen=True)
+class SpikeGuard(Policy):
+    """Skip or clip steps whose global norm exceeds ``mean + sigma·std`` of the recent norms.
+
+    With at least ``min_history`` finite past norms in the rolling window, a step is a spike when
+    ``norm > mean + sigma·std`` of the window (the current norm excluded; ``std`` is the unbiased
+    sample standard deviation). Every finite norm, spikes included, then enters the window, so a
+    lasting change of scale is learned within ``window`` steps instead of blocking training for
+    ever. Non-finite norms never enter it. The state is a ring buffer on the gradients' device;
+    deciding needs no host read.
+
+    Args:
+        window: Number of past norms kept. Default 128.
+        min_history: Past norms needed before any step can be a spike (2 <= min_history <=
+            window). Default 64.
+        sigma: How many standard deviations above the mean make a spike (> 0). Default 6.0.
+        on_spike: ``"skip"`` (default: the gradients are zeroed and ``ClipStats.skipped`` is
+            True; do not step the optimizer) or ``"clip"`` (clip the global norm to
+            ``mean + sigma·std`` with torch's coefficient).
+
+    Raises:
+        ConfigError: on any hyper-parameter outside the ranges above.
+
+    References:
+        OLMo Team 2024 (arXiv:2501.00656).
+
+    Example:
+        >>> import numpy as np
+        >>> from gradclip._ops import NumpyOps
+        >>> from gradclip._policies import Measurement
+        >>> from gradclip._policies._spike import SpikeGuard
+        >>> guard = SpikeGuard(window=4, min_history=3, sigma=3.0)
+        >>> state = guard.init_state(np.float64(0), NumpyOps)
+        >>> for g in [1.0, 1.1, 0.9, 50.0]:
+        ...     d, state = guard.decide(Measurement(norm=np.float64(g)), state, NumpyOps)
+        >>> bool(d.skip)
+        True
+    """
+
+    window: int = 128
+    min_history: int = 64
+    sigma: float = 6.0
+    on_spike: str = "skip"
+
+    spec_name = "spikeguard"
+    spec_aliases = {"w": "window", "n": "min_history", "s": "sigma"}
+
+    def __post_init__(self) -> None:
+        for name in ("window", "min_history"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+                raise ConfigError(f"{name} must be an int >= 2. Received: {value!r}.")
+        if self.min_history > self.window:
+            raise ConfigError(
+                f"min_history must be <= window. Received: min_history={self.min_history}, window={self.window}."
+            )
+        sigma = _validate.threshold("sigma", self.sigma, allow_inf=False)
+        if sigma == 0:
+            raise ConfigError("sigma must be > 0 (0 would flag every step above the mean). Received: 0.0.")
+        object.__setattr__(self, "sigma", sigma)
+        _validate.choice("on_spike", self.on_spike, ("skip", "clip"))
+
+    def init_state(self, like: Any, ops: Any) -> dict[str, Any]:
+        return {"norms": ops.full(self.window, 0.0, like), "count": ops.scalar(0.0, like), "pos": ops.scalar(0.0, like)}
+
+    def decide(self, m: Measurement, state: dict[str, Any], ops: Any) -> tuple[Decision, dict[str, Any]]:
+        norms, count, pos = state["norms"], state["count"], state["pos"]
+        slots = ops.arange(self.window, norms)
+        stored = slots < count
+        n = ops.maximum(count, 1.0)
+        mean = ops.sum(ops.where(stored, norms, 0.0)) / n
+        var = ops.sum(ops.where(stored, (norms - mean) ** 2, 0.0)) / ops.maximum(count - 1.0, 1.0)
+        limit = mean + self.sigma * ops.sqrt(var)
+        spike = (count >= self.min_history) & (m.norm > limit) & m.finite
+        keep = m.finite  # record every finite norm
+        new = {
+            "norms": ops.where(keep & (slots == pos), m.norm, norms),
+            "count": ops.where(keep, ops.minimum(count + 1.0, float(self.window)), count),
+            "pos": ops.where(keep, (pos + 1.0) % self.window, pos),
+        }
+        threshold = ops.where(count >= self.min_history, limit, limit * 0.0 + float("inf"))
+        if self.on_spike == "skip":
+            return Decision(threshold=threshold, skip=spike), new
+        coef = ops.where(spike, ops.clamp(limit / (m.norm + TORCH_EPS), hi=1.0), m.norm * 0.0 + 1.0)
+        return Decision(threshold=threshold, coef=coef), new

@@ -1,0 +1,155 @@
+"""SpikeGuard (rolling mean + sigma*std skip rule) and policy chains."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import gradclip  # noqa: E402
+import gradclip.torch as gct  # noqa: E402
+from gradclip._ops import NumpyOps  # noqa: E402
+from gradclip._policies import Chain, Measurement, SpikeGuard, chain  # noqa: E402
+
+
+def spike_oracle(norms, window, min_history, sigma):
+    """Plain-Python SpikeGuard: (spike?, limit) per step; every finite norm enters the window."""
+    hist, out = [], []
+    for g in norms:
+        if len(hist) >= min_history:
+            mean = sum(hist) / len(hist)
+            std = math.sqrt(sum((h - mean) ** 2 for h in hist) / (len(hist) - 1))
+            limit = mean + sigma * std
+            out.append((math.isfinite(g) and g > limit, limit))
+        else:
+            out.append((False, math.inf))
+        if math.isfinite(g):
+            hist = (hist + [g])[-window:]
+    return out
+
+
+def _norm_sequence(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    norms = np.abs(rng.normal(1.0, 0.1, n))
+    norms[[40, 90, 91, 200]] = [8.0, 12.0, 6.0, 30.0]
+    norms[150] = np.nan
+    return norms
+
+
+@pytest.mark.parametrize(("window", "min_history", "sigma"), [(16, 8, 3.0), (128, 64, 6.0), (5, 2, 1.0)])
+def test_numpy_policy_matches_oracle(window, min_history, sigma):
+    norms = _norm_sequence()
+    policy = SpikeGuard(window=window, min_history=min_history, sigma=sigma)
+    state = policy.init_state(np.float64(0), NumpyOps)
+    for g, (spike, limit) in zip(norms, spike_oracle(list(norms), window, min_history, sigma)):
+        d, state = policy.decide(Measurement(norm=np.float64(g), finite=np.isfinite(g)), state, NumpyOps)
+        assert bool(d.skip) == spike
+        assert float(d.threshold) == pytest.approx(limit, rel=1e-12) if math.isfinite(limit) else math.isinf(d.threshold)
+
+
+def _run_torch(policy, norms, nonfinite="propagate"):
+    w = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    clipper = gct.Clipper(policy, nonfinite=nonfinite)
+    out = []
+    for g in norms:
+        w.grad = torch.full((4,), g / 2.0, dtype=torch.float64)  # norm of 4 equal entries g/2 is g
+        stats = clipper.step([w])
+        out.append((stats, w.grad.clone()))
+    return out, clipper
+
+
+def test_torch_clipper_skips_spikes_and_zeroes_them():
+    norms = _norm_sequence()
+    expected = spike_oracle(list(norms), 16, 8, 3.0)
+    results, _ = _run_torch(SpikeGuard(16, 8, 3.0), norms, nonfinite="skip")
+    assert sum(s for s, _ in expected) >= 3
+    for (stats, grad), (spike, _), g in zip(results, expected, norms):
+        if not math.isfinite(g):
+            assert bool(stats.skipped) and bool(stats.nonfinite)
+            continue
+        assert bool(stats.skipped) == spike
+        if spike:
+            assert torch.count_nonzero(grad) == 0 and float(stats.coef) == 0.0
+        else:
+            assert torch.equal(grad, torch.full((4,), g / 2.0, dtype=torch.float64))
+
+
+def test_clip_mode_clips_to_the_limit():
+    norms = _norm_sequence()
+    expected = spike_oracle(list(norms), 16, 8, 3.0)
+    results, _ = _run_torch(SpikeGuard(16, 8, 3.0, on_spike="clip"), norms, nonfinite="skip")
+    for (stats, grad), (spike, limit) in zip(results, expected):
+        if spike:
+            assert not bool(stats.skipped)
+            assert float(torch.linalg.vector_norm(grad)) == pytest.approx(limit, rel=1e-5)
+
+
+def test_resume_is_bitwise_identical():
+    norms = _norm_sequence()[:120]
+    full, _ = _run_torch(SpikeGuard(16, 8, 3.0), norms)
+    first, clipper = _run_torch(SpikeGuard(16, 8, 3.0), norms[:60])
+    saved = clipper.state_dict()
+    fresh = gct.Clipper(SpikeGuard(16, 8, 3.0))
+    fresh.load_state_dict(saved)
+    w = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    for g, (stats_full, grad_full) in zip(norms[60:], full[60:]):
+        w.grad = torch.full((4,), g / 2.0, dtype=torch.float64)
+        stats = fresh.step([w])
+        assert torch.equal(w.grad, grad_full) or (torch.isnan(w.grad).all() and torch.isnan(grad_full).all())
+        assert bool(stats.skipped) == bool(stats_full.skipped)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"window": 1}, {"min_history": 1}, {"window": 8, "min_history": 9}, {"sigma": 0}, {"sigma": -1},
+     {"on_spike": "panic"}, {"window": 2.5}],
+)
+def test_bad_hyper_parameters(kwargs):
+    with pytest.raises(gradclip.ConfigError):
+        SpikeGuard(**kwargs)
+
+
+def test_chain_skip_freezes_later_members_and_composes_factors():
+    policy = chain(SpikeGuard(16, 8, 3.0), gradclip.GlobalNorm(0.5))
+    assert gradclip.parse_policy(policy.spec()) == policy
+    norms = _norm_sequence()
+    expected = spike_oracle(list(norms), 16, 8, 3.0)
+    results, _ = _run_torch(policy, norms, nonfinite="skip")
+    for (stats, grad), (spike, _), g in zip(results, expected, norms):
+        if not math.isfinite(g):
+            continue
+        if spike:
+            assert bool(stats.skipped) and torch.count_nonzero(grad) == 0
+        else:
+            want = g * min(1.0, 0.5 / (g + 1e-6))
+            assert float(torch.linalg.vector_norm(grad)) == pytest.approx(want, rel=1e-12)
+            assert stats.threshold == 0.5
+
+
+def test_chain_of_agc_and_global_norm_equals_applying_them_in_turn():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)).double()
+    model(torch.randn(3, 4, dtype=torch.float64)).sum().mul(100).backward()
+    twin = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)).double()
+    twin.load_state_dict(model.state_dict())
+    for p, q in zip(model.parameters(), twin.parameters()):
+        q.grad = p.grad.clone()
+    stats = gct.Clipper("agc:0.01+norm:0.05").step(model)
+    gct.Clipper("agc:0.01").step(twin)
+    gct.Clipper("norm:0.05").step(twin)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=0)
+    actual = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert float(stats.clipped_norm) == pytest.approx(float(actual), rel=1e-10)
+
+
+def test_chain_refuses_value_and_short_chains():
+    with pytest.raises(gradclip.ConfigError, match="cannot be chained"):
+        gradclip.parse_policy("value:1+norm:1")
+    with pytest.raises(gradclip.ConfigError, match="two or more"):
+        Chain((gradclip.GlobalNorm(1.0),))
+    with pytest.raises(gradclip.ConfigError, match="policies"):
+        chain(gradclip.GlobalNorm(1.0), "norm:1.0")
