@@ -37,7 +37,7 @@ def test_progress_bar_goes_to_stderr(capsys):
     ("argv", "needle"),
     [
         (["compare", "--task", "nope"], "Valid tasks: digits-lstm, regression"),
-        (["compare", "--method", "none,wat:2"], "Valid methods: agc, none, norm, pertensor, spikeguard, value"),
+        (["compare", "--method", "none,wat:2"], "Valid methods: adagc, agc, autoclip, maxhist, none, norm, pertensor, spikeguard, value, zclip"),
         (["compare", "--method", "norm:1.0,colour=red"], "Valid keys for 'norm'"),
         (["compare", "--seeds", "a,b"], "comma-separated integers"),
     ],

@@ -49,12 +49,15 @@ def test_the_check_itself_detects_a_framework():
 def test_public_api_is_frozen():
     assert gradclip.__all__ == [
         "AGC",
+        "AdaGC",
+        "AutoClip",
         "Chain",
         "ClipStats",
         "ConfigError",
         "GlobalNorm",
         "GradclipError",
         "InputTypeError",
+        "MaxNormHistory",
         "NoClip",
         "NonFiniteError",
         "Offender",
@@ -63,6 +66,7 @@ def test_public_api_is_frozen():
         "SpikeGuard",
         "StateDictError",
         "Value",
+        "ZClip",
         "__version__",
         "chain",
         "parse_policy",

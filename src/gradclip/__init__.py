@@ -19,7 +19,21 @@ from gradclip._errors import (
     Offender,
     StateDictError,
 )
-from gradclip._policies import AGC, Chain, GlobalNorm, NoClip, PerTensorNorm, Policy, SpikeGuard, Value, chain
+from gradclip._policies import (
+    AGC,
+    AdaGC,
+    AutoClip,
+    Chain,
+    GlobalNorm,
+    MaxNormHistory,
+    NoClip,
+    PerTensorNorm,
+    Policy,
+    SpikeGuard,
+    Value,
+    ZClip,
+    chain,
+)
 from gradclip._spec import parse_policy
 from gradclip._stats import ClipStats
 
@@ -27,12 +41,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AGC",
+    "AdaGC",
+    "AutoClip",
     "Chain",
     "ClipStats",
     "ConfigError",
     "GlobalNorm",
     "GradclipError",
     "InputTypeError",
+    "MaxNormHistory",
     "NoClip",
     "NonFiniteError",
     "Offender",
@@ -41,6 +58,7 @@ __all__ = [
     "SpikeGuard",
     "StateDictError",
     "Value",
+    "ZClip",
     "__version__",
     "chain",
     "parse_policy",

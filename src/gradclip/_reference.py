@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -112,3 +113,145 @@ def agc(grad: np.ndarray, param: np.ndarray, clip_factor: float, eps: float, axe
         if gn / wn > clip_factor:
             g[u] = g[u] * (clip_factor * wn / max(gn, 1e-6))
     return g
+
+
+def _history_coef(norm: float, threshold: float, semantics: str = "exact") -> float:
+    """AutoClip/MaxNormHistory factor: ``threshold / norm`` only above the threshold (or torch's)."""
+    if not np.isfinite(norm):
+        return float("nan")
+    if semantics == "torch":
+        return float(min(1.0, threshold / (norm + TORCH_EPS)))
+    return threshold / norm if norm > threshold else 1.0
+
+
+def autoclip(
+    norms: Sequence[float], percentile: float, window: int | None = None, semantics: str = "exact"
+) -> tuple[list[float], list[float]]:
+    """Seetharaman et al. 2020 AutoClip on a sequence of global norms: ``(thresholds, coefs)``.
+
+    Each finite norm is appended to the history first; the threshold is
+    ``numpy.percentile(history[-window:], percentile)`` (+inf while the history is empty);
+    non-finite norms are not recorded and get a NaN factor.
+    """
+    history: list[float] = []
+    thresholds, coefs = [], []
+    for n in norms:
+        n = float(n)
+        if np.isfinite(n):
+            history.append(n)
+        kept = history if window is None else history[-window:]
+        thr = float(np.percentile(np.array(kept, dtype=np.float64), percentile)) if kept else float("inf")
+        thresholds.append(thr)
+        coefs.append(_history_coef(n, thr, semantics))
+    return thresholds, coefs
+
+
+def max_norm_history(
+    norms: Sequence[float], factor: float, window: int, stat: str = "mean", semantics: str = "exact"
+) -> tuple[list[float], list[float]]:
+    """Pascanu et al. 2013: threshold = ``factor`` × mean (or max) of the previous ``window`` finite
+    norms, the current one excluded (+inf before the first). Returns ``(thresholds, coefs)``."""
+    history: list[float] = []
+    thresholds, coefs = [], []
+    for n in norms:
+        n = float(n)
+        past = np.array(history[-window:], dtype=np.float64)
+        thr = float("inf") if past.size == 0 else factor * float(past.mean() if stat == "mean" else past.max())
+        thresholds.append(thr)
+        coefs.append(_history_coef(n, thr, semantics))
+        if np.isfinite(n):
+            history.append(n)
+    return thresholds, coefs
+
+
+def adagc(steps, lambda_rel, beta, warmup_steps, warmup_max_norm, eps, return_gamma=False):
+    """AdaGC (Wang et al. 2025) step by step on lists of arrays; non-finite steps are skipped.
+
+    Returns the clipped gradients of every step (and, with ``return_gamma``, the final γ).
+    """
+    gamma: list[float] | None = None
+    t, out = 0, []
+    for grads in steps:
+        g = _f64(grads)
+        norms = [tensor_norm(x) for x in g]
+        total = tensor_norm(np.array(norms))
+        if not np.isfinite(total):
+            out.append(g)
+            continue
+        if t < warmup_steps:
+            c = min(1.0, warmup_max_norm / (total + eps))
+            clipped = [x * c for x in g]
+            post = [n * c for n in norms]
+            gamma = post if gamma is None else [min(a, b) for a, b in zip(gamma, post)]
+        else:
+            coefs = [min(1.0, lambda_rel * gm / (n + eps)) for gm, n in zip(gamma, norms)]
+            clipped = [x * c for x, c in zip(g, coefs)]
+            gamma = [beta * gm + (1 - beta) * n * c for gm, n, c in zip(gamma, norms, coefs)]
+        out.append(clipped)
+        t += 1
+    return (out, gamma) if return_gamma else out
+
+
+def zclip_trajectory(
+    norms: Sequence[float],
+    *,
+    alpha: float = 0.97,
+    z_thresh: float = 2.5,
+    warmup_steps: int = 25,
+    mode: str = "reciprocal",
+    max_norm: float | None = None,
+    skip_on_spike: bool = False,
+    eps: float = 1e-6,
+) -> dict[str, np.ndarray]:
+    """Kumar et al. 2025 ZClip over a sequence of global norms, step by step in float64.
+
+    Warm-up: the first ``warmup_steps`` finite norms are collected (only ``max_norm`` clips);
+    then ``mu``/``var`` are their mean and population variance. Afterwards a norm with
+    ``z = (g - mu) / (sqrt(var) + eps) > z_thresh`` is a spike, clipped to ``g*`` (reciprocal:
+    ``mu + z_thresh**2 / z * sigma``, max: ``mu + z_thresh * sigma``, mean: ``mu``), the threshold
+    is ``min(g*, max_norm)`` (``max_norm`` or inf off spikes), the coefficient is
+    ``threshold / (g + 1e-6)`` when ``g > threshold`` else 1 (0 on skipped spikes), and the EMA
+    is fed with ``g*`` (frozen on skipped spikes). Non-finite norms leave the state unchanged.
+
+    Returns:
+        ``{"threshold", "coef", "skipped", "spike", "mu", "var"}``: one float64 (bool) array
+        entry per step; ``mu``/``var`` are the statistics after the step (NaN during warm-up).
+    """
+    cap = math.inf if max_norm is None else float(max_norm)
+    warm: list[float] = []
+    mu = var = math.nan
+    out: dict[str, list] = {k: [] for k in ("threshold", "coef", "skipped", "spike", "mu", "var")}
+    for g in (float(x) for x in norms):
+        finite = math.isfinite(g)
+        spike = False
+        threshold = cap
+        if finite and len(warm) >= warmup_steps:
+            sigma = math.sqrt(var)
+            if sigma + eps > 0:
+                z = (g - mu) / (sigma + eps)
+            else:
+                z = math.inf if g > mu else -math.inf
+            gstar = g
+            if z > z_thresh:
+                spike = True
+                if mode == "reciprocal":
+                    gstar = mu + z_thresh**2 / z * sigma
+                elif mode == "max":
+                    gstar = mu + z_thresh * sigma
+                else:
+                    gstar = mu
+                threshold = min(gstar, cap)
+            if not (spike and skip_on_spike):
+                mu = alpha * mu + (1 - alpha) * gstar
+                var = alpha * var + (1 - alpha) * (gstar - mu) ** 2
+        elif finite:
+            warm.append(g)
+            if len(warm) == warmup_steps:
+                mu = sum(warm) / warmup_steps
+                var = sum((x - mu) ** 2 for x in warm) / warmup_steps
+        c = threshold / (g + TORCH_EPS) if g > threshold else 1.0
+        skipped = spike and skip_on_spike
+        for key, value in (("threshold", threshold), ("coef", 0.0 if skipped else c), ("skipped", skipped),
+                           ("spike", spike), ("mu", mu), ("var", var)):
+            out[key].append(value)
+    return {k: np.array(v, dtype=bool if k in ("skipped", "spike") else np.float64) for k, v in out.items()}

@@ -16,6 +16,8 @@ def _scalar(value: Any) -> float | bool | None:
         return None
     if isinstance(value, (tuple, list)):  # an asymmetric Value threshold: (lo, hi)
         return tuple(_scalar(v) for v in value)
+    if getattr(value, "ndim", 0) > 0:  # per-tensor thresholds
+        return value.tolist()
     item = getattr(value, "item", None)  # before the isinstance check: np.float64 is a float
     if item is not None:
         return item()
@@ -41,8 +43,8 @@ class ClipStats:
         nonfinite: True when some gradient holds NaN or Inf.
         skipped: True when the gradients were left unchanged because of non-finite values (or, for
             policies that skip spikes, because of a spike); the optimizer step should be skipped.
-        threshold: The threshold actually used (``max_norm``, the clip value, or an adaptive
-            threshold), or ``None`` when the method has none.
+        threshold: The threshold actually used (``max_norm``, the clip value, an adaptive
+            threshold, or a 1-D array of per-tensor thresholds), or ``None`` when the method has none.
         offenders: The non-finite tensors as :class:`gradclip.Offender` records, in parameter
             order; empty when everything is finite. Computed only when something is non-finite.
         norm_type: The order of ``norm`` and ``clipped_norm``.

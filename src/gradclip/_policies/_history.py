@@ -13,7 +13,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -202,7 +201,7 @@ class AutoClip(Policy):
             threshold = ops.reshape(threshold, ())
             return Decision(threshold=threshold, coef=history_coef(m.norm, threshold, self.semantics, ops)), new
         coefs = history_coef(m.tensor_norms, threshold, self.semantics, ops) + (m.norm - m.norm)
-        return Decision(threshold=threshold, coefs=coefs), new
+        return Decision(threshold=threshold, coefs=coefs), new  # one threshold per tensor (1-D)
 
     def _rows_for(self, x: Any, state: dict[str, Any], ops: Any) -> dict[str, Any]:
         """Per-tensor scope: make the rows at the first step; refuse a changed tensor count."""
@@ -310,5 +309,3 @@ def _window(value: Any, *, allow_none: bool) -> int | None:
         raise ConfigError(f"window must be {allowed}. Received: {value!r}.")
     return int(value)
 
-
-_ = math  # kept for readers comparing with _fixed.py

@@ -102,13 +102,13 @@ TASKS: dict[str, Task] = {
         description=(
             "LSTM(64) + Linear(10) reading scikit-learn's 8x8 digits row by row (8 steps x 8 "
             "features in [0, 1]; 1437 train, 360 test), cross-entropy, plain SGD at a deliberately "
-            "aggressive lr 14, batch 32, 25 epochs"
+            "aggressive lr 10, batch 32, 25 epochs"
         ),
         load=_digits_rows,
         model="lstm",
         sizes=(8, 64, 10),
         loss="cross_entropy",
-        lr=14.0,
+        lr=10.0,
         momentum=0.0,
         batch_size=32,
         epochs=25,

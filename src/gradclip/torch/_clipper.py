@@ -65,6 +65,7 @@ class Clipper:
         self.norm_dtype = norm_dtype
         self.foreach = foreach
         self._state: dict[str, Any] | None = None
+        self._place = False
         self.steps = 0
 
     def __repr__(self) -> str:
@@ -105,6 +106,9 @@ class Clipper:
             offenders = lambda: _lazy_offenders(names, index, grads, flags)  # noqa: E731
         if self._state is None:
             self._state = self.policy.init_state(norm, TorchOps)
+        elif self._place:  # loaded from a checkpoint: move the state to the gradients' device
+            self._state = {k: v.to(norm.device) if isinstance(v, torch.Tensor) else v for k, v in self._state.items()}
+            self._place = False
         units: tuple = (None, None)
         if self.policy.needs_unit_norms:
             module_names = _units.excluded_module_params(self.policy, parameters)
@@ -203,6 +207,7 @@ class Clipper:
             )
         self.steps = int(state_dict["steps"])
         self._state = dict(state_dict["state"]) or None
+        self._place = self._state is not None
 
 
 def _fold_skip(d: Decision, norm: torch.Tensor) -> Decision:
