@@ -78,6 +78,7 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--json")
     ap.add_argument("--quick", action="store_true", help="smaller workloads (a quarter of GPT-2's width)")
+    ap.add_argument("--policies", action="store_true", help="also time the Clipper with each adaptive policy")
     args = ap.parse_args()
     rows = []
     for threads in (int(t) for t in args.threads.split(",")):
@@ -94,6 +95,11 @@ def main() -> None:
                 "norm only": (lambda: torch.nn.utils.get_total_norm([p.grad for p in params]),
                               lambda: gct.get_total_norm([p.grad for p in params])),
             }
+            if args.policies:
+                for spec in ("autoclip:p=10", "zclip", "adagc", "agc:0.01", "spikeguard+norm:1.0", "maxhist:5"):
+                    c = gct.Clipper(spec)
+                    pairs[f"Clipper {spec}"] = (lambda: torch.nn.utils.clip_grad_norm_(params, 1.0),
+                                                lambda c=c: c.step(params))
             for op, (ref, ours) in pairs.items():
                 r = bench(name, params, {"torch": ref, "gradclip": ours}, args.reps)
                 rows.append({"threads": threads, "workload": name, "op": op, "torch_ms": r["torch"],

@@ -123,3 +123,32 @@ def test_spec_strings():
     assert gradclip.parse_policy("adagc:lambda=1.04,beta=0.99") == AdaGC(lambda_rel=1.04, beta=0.99)
     p = AdaGC(warmup_steps=10, warmup_max_norm=0.5)
     assert gradclip.parse_policy(p.spec()) == p
+
+
+def test_hand_computed_trajectory():
+    """One tensor; warm-up 2 steps at warmup_max_norm 1, then lambda 2, beta 0.5 (eps 0)."""
+    policy = AdaGC(lambda_rel=2.0, beta=0.5, warmup_steps=2, warmup_max_norm=1.0, eps=0.0)
+    p = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    clipper = gct.Clipper(policy)
+    seen = []
+    for g in ([3.0, 4.0], [0.3, 0.4], [3.0, 4.0], [0.6, 0.8]):
+        p.grad = torch.tensor(g, dtype=torch.float64)
+        clipper.step([("w", p)])
+        seen.append(float(torch.linalg.vector_norm(p.grad)))
+    # step 0: norm 5 clipped to 1, gamma 1; step 1: 0.5 untouched, gamma min(1, 0.5) = 0.5
+    # step 2: 5 > 2 * 0.5 -> clipped to 1, gamma 0.5*0.5 + 0.5*1 = 0.75
+    # step 3: 1 <= 2 * 0.75 -> untouched, gamma 0.5*0.75 + 0.5*1 = 0.875
+    assert seen == pytest.approx([1.0, 0.5, 1.0, 1.0], rel=1e-12)
+    assert float(clipper.state_dict()["state"]["gamma.w"]) == pytest.approx(0.875, rel=1e-12)
+
+
+def test_zero_gradients_in_warmup_freeze_that_tensor_afterwards_as_published():
+    """gamma is the minimum post-clip norm: a zero warm-up gradient makes it 0 for good (paper, patch)."""
+    policy = AdaGC(warmup_steps=1)
+    p = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    clipper = gct.Clipper(policy)
+    p.grad = torch.zeros(2, dtype=torch.float64)
+    clipper.step([("w", p)])
+    p.grad = torch.tensor([3.0, 4.0], dtype=torch.float64)
+    clipper.step([("w", p)])
+    assert torch.count_nonzero(p.grad) == 0

@@ -153,3 +153,22 @@ def test_chain_refuses_value_and_short_chains():
         Chain((gradclip.GlobalNorm(1.0),))
     with pytest.raises(gradclip.ConfigError, match="policies"):
         chain(gradclip.GlobalNorm(1.0), "norm:1.0")
+
+
+def test_constant_history_has_zero_std_so_anything_above_the_mean_is_a_spike():
+    policy = SpikeGuard(window=4, min_history=3, sigma=6.0)
+    state = policy.init_state(np.float64(0), NumpyOps)
+    for g in [2.0, 2.0, 2.0]:
+        d, state = policy.decide(Measurement(norm=np.float64(g)), state, NumpyOps)
+        assert not bool(d.skip)
+    d, _ = policy.decide(Measurement(norm=np.float64(2.0)), state, NumpyOps)
+    assert not bool(d.skip) and float(d.threshold) == 2.0  # equal to the mean: not a spike
+    d, _ = policy.decide(Measurement(norm=np.float64(2.0000001)), state, NumpyOps)
+    assert bool(d.skip)
+
+
+def test_zero_gradients_are_never_spikes_and_enter_the_window():
+    results, clipper = _run_torch(SpikeGuard(window=4, min_history=2, sigma=1.0), [0.0, 0.0, 0.0, 0.0])
+    assert not any(bool(s.skipped) for s, _ in results)
+    state = clipper.state_dict()["state"]
+    assert float(state["count"]) == 4.0 and float(state["norms"].abs().sum()) == 0.0

@@ -32,6 +32,8 @@ class AdaGC(Policy):
     The state is keyed by parameter name (``"gamma.<name>"``), so a checkpoint survives a change
     in parameter order, and a parameter first seen after the warm-up starts its ``γ`` at its
     current norm (it is not clipped that step). Non-finite steps leave the state unchanged.
+    As published, ``γ_i`` is a minimum during warm-up: a tensor whose gradient is exactly zero in
+    some warm-up step gets ``γ_i = 0`` and is zeroed from then on (the EMA of zeros stays zero).
 
     Defaults: ``lambda_rel=1.05``, ``beta=0.98`` are the paper's (Section 4); the authors' public
     patch uses ``lambda_rel=1.04``, ``beta=0.99``: pass those to reproduce it. The paper calls
