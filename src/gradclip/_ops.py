@@ -46,10 +46,6 @@ class NumpyOps:
 
     # -- state helpers: arrays created like the measured norm (same device and dtype) --
     @staticmethod
-    def full(n: int, value: float, like: Any) -> Any:
-        return np.full((n,), value, dtype=np.result_type(like, np.float32))
-
-    @staticmethod
     def arange(n: int, like: Any) -> Any:
         return np.arange(n, dtype=np.result_type(like, np.float32))
 

@@ -105,7 +105,7 @@ class Policy:
 
         Args:
             like: A 0-d array of the measured norm: state arrays take its framework, device and
-                dtype (``ops.full((n,), value, like)``), so deciding never leaves the device.
+                dtype (``ops.filled((n,), value, like)``), so deciding never leaves the device.
             ops: The backend's operations (:mod:`gradclip._ops`).
         """
         return {}

@@ -280,7 +280,7 @@ class MaxNormHistory(Policy):
         _validate.choice("semantics", self.semantics, COEF_SEMANTICS)
 
     def init_state(self, like: Any, ops: Any) -> dict[str, Any]:
-        return {"ring": ops.full(self.window, 0.0, like), "count": ops.scalar(0.0, like), "head": ops.scalar(0.0, like)}
+        return {"ring": ops.filled((self.window,), 0.0, like), "count": ops.scalar(0.0, like), "head": ops.scalar(0.0, like)}
 
     def decide(self, m: Measurement, state: dict[str, Any], ops: Any) -> tuple[Decision, dict[str, Any]]:
         ring, count, head = state["ring"], state["count"], state["head"]

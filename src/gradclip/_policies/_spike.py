@@ -85,7 +85,7 @@ class SpikeGuard(Policy):
         _validate.choice("on_spike", self.on_spike, ("skip", "clip"))
 
     def init_state(self, like: Any, ops: Any) -> dict[str, Any]:
-        return {"norms": ops.full(self.window, 0.0, like), "count": ops.scalar(0.0, like), "pos": ops.scalar(0.0, like)}
+        return {"norms": ops.filled((self.window,), 0.0, like), "count": ops.scalar(0.0, like), "pos": ops.scalar(0.0, like)}
 
     def decide(self, m: Measurement, state: dict[str, Any], ops: Any) -> tuple[Decision, dict[str, Any]]:
         norms, count, pos = state["norms"], state["count"], state["pos"]

@@ -36,10 +36,6 @@ class TorchOps:
 
     # -- state helpers: arrays created like the measured norm (same device and dtype) --
     @staticmethod
-    def full(n: int, value: float, like: torch.Tensor) -> torch.Tensor:
-        return torch.full((n,), value, dtype=like.dtype, device=like.device)
-
-    @staticmethod
     def arange(n: int, like: torch.Tensor) -> torch.Tensor:
         return torch.arange(n, dtype=like.dtype, device=like.device)
 
