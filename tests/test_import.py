@@ -57,6 +57,7 @@ def test_public_api_is_frozen():
         "GlobalNorm",
         "GradclipError",
         "InputTypeError",
+        "LogError",
         "MaxNormHistory",
         "NoClip",
         "NonFiniteError",

@@ -14,6 +14,7 @@ __all__ = [
     "ConfigError",
     "GradclipError",
     "InputTypeError",
+    "LogError",
     "NonFiniteError",
     "Offender",
     "StateDictError",
@@ -30,6 +31,10 @@ class ConfigError(GradclipError, ValueError):
 
 class InputTypeError(GradclipError, TypeError):
     """An argument has the wrong type (for example a parameter container holding non-tensors)."""
+
+
+class LogError(GradclipError, ValueError):
+    """A run log is missing, empty or corrupt. The message names the file and the line."""
 
 
 class StateDictError(GradclipError, ValueError):

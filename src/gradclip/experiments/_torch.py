@@ -81,7 +81,8 @@ def run(task: Task, method: str, seed: int, data: Data, log_path: Path | None = 
                 stats = clipper.step(model.named_parameters())
                 rec = stats.to_dict()
                 if log:
-                    log.write(json.dumps({"step": step, "epoch": epoch, "loss": _num(loss_value), **_record(rec)}) + "\n")
+                    head = {"run": f"{method} seed {seed}", "step": step, "epoch": epoch, "loss": _num(loss_value)}
+                    log.write(json.dumps({**head, **_record(rec)}) + "\n")
                 if not math.isfinite(loss_value) or rec["nonfinite"]:
                     first_bad = step
                     break
@@ -114,5 +115,5 @@ def _num(x: float | None) -> float | None:
 
 
 def _record(rec: dict) -> dict:
-    keep = ("norm", "clipped_norm", "coef", "threshold", "clipped", "nonfinite")
+    keep = ("norm", "clipped_norm", "coef", "threshold", "clipped", "skipped", "nonfinite")
     return {k: (_num(rec[k]) if isinstance(rec[k], float) else rec[k]) for k in keep}
