@@ -16,7 +16,7 @@ def test_compare_prints_table_and_writes_json_and_logs(tmp_path, capsys):
     out_json = tmp_path / "out" / "results.json"
     code = cli.main([
         "compare", "--method", "none,norm:1.0", "--seeds", "0", "--json", str(out_json),
-        "--log-dir", str(tmp_path / "logs"), "--no-progress",
+        "--log-dir", str(tmp_path / "logs"), "--quiet",
     ])
     assert code == 0
     stdout = capsys.readouterr().out
@@ -27,10 +27,21 @@ def test_compare_prints_table_and_writes_json_and_logs(tmp_path, capsys):
     assert len(list((tmp_path / "logs").glob("*.jsonl"))) == 2
 
 
-def test_progress_bar_goes_to_stderr(capsys):
+def test_progress_bar_only_on_a_terminal(capsys, monkeypatch):
+    assert cli.main(["compare", "--method", "norm:1.0", "--seeds", "0"]) == 0
+    assert capsys.readouterr().err == ""  # captured stderr is not a terminal
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     assert cli.main(["compare", "--method", "norm:1.0", "--seeds", "0"]) == 0
     err = capsys.readouterr().err
-    assert "[" in err and "1/1" in err
+    assert "\r[" in err and "1/1 done" in err
+    assert cli.main(["compare", "--method", "norm:1.0", "--seeds", "0", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_line():
+    assert cli.progress_line(0, 4, "none", 0) == "[" + "." * 24 + "] 0/4 none seed 0"
+    assert cli.progress_line(2, 4, "norm:1.0", 1, width=8) == "[####....] 2/4 norm:1.0 seed 1"
+    assert cli.progress_line(4, 4, "", -1, width=4) == "[####] 4/4 done"
 
 
 @pytest.mark.parametrize(

@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--framework", default="torch", help="framework to train with (default: torch)")
     cmp.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
     cmp.add_argument("--log-dir", metavar="DIR", help="write a per-step JSONL log of each run into DIR")
-    cmp.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+    cmp.add_argument("-q", "--quiet", "--no-progress", dest="quiet", action="store_true",
+                     help="no progress bar (it is drawn only when stderr is a terminal)")
     return parser
 
 
@@ -77,16 +78,17 @@ def _seeds(text: str) -> list[int]:
         raise ConfigError(f"--seeds takes comma-separated integers such as 0,1,2. Received: {text!r}.") from None
 
 
-def _progress(done: int, total: int, method: str, seed: int) -> None:
-    width = 24
+def progress_line(done: int, total: int, method: str, seed: int, width: int = 24) -> str:
+    """One frame of the progress bar: ``[#####.....] 3/9 norm:1.0 seed 0``."""
     filled = width * done // max(total, 1)
-    bar = "#" * filled + "." * (width - filled)
     label = f"{method} seed {seed}" if seed >= 0 else "done"
+    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label}"
+
+
+def _progress(done: int, total: int, method: str, seed: int) -> None:
+    """Redraw the bar in place on stderr (only used when stderr is a terminal)."""
     end = "\n" if done == total else ""
-    if sys.stderr.isatty():
-        sys.stderr.write(f"\r[{bar}] {done}/{total} {label:<40}{end}")
-    else:
-        sys.stderr.write(f"[{bar}] {done}/{total} {label}\n")
+    sys.stderr.write(f"\r{progress_line(done, total, method, seed):<72}{end}")
     sys.stderr.flush()
 
 
@@ -97,7 +99,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     result = compare(
         args.task, split_methods(args.method), _seeds(args.seeds), framework=args.framework,
-        log_dir=args.log_dir, progress=None if args.no_progress else _progress,
+        log_dir=args.log_dir, progress=None if args.quiet or not sys.stderr.isatty() else _progress,
     )
     print(compare_table(result))
     if args.json:
