@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench clean venv
+.PHONY: demo test test-fast bench clean venv browser
 
 venv: $(STAMP)
 
@@ -19,7 +19,14 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/gradclip compare --json runs/demo/results.json --log-dir runs/demo/logs
 
-test: $(STAMP)
+# Headless Chromium for the report's browser test (Debian package; the test skips if it cannot be had).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  (DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null 2>&1 && \
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1) || \
+	  echo "chromium could not be installed: the browser test will skip"
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
