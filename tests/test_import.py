@@ -59,6 +59,7 @@ def test_public_api_is_frozen():
         "InputTypeError",
         "LogError",
         "MaxNormHistory",
+        "Monitor",
         "NoClip",
         "NonFiniteError",
         "Offender",

@@ -36,6 +36,7 @@ from gradclip._policies import (
     chain,
 )
 from gradclip._spec import parse_policy
+from gradclip.monitor import Monitor
 from gradclip._stats import ClipStats
 
 __version__ = "0.1.0"
@@ -52,6 +53,7 @@ __all__ = [
     "InputTypeError",
     "LogError",
     "MaxNormHistory",
+    "Monitor",
     "NoClip",
     "NonFiniteError",
     "Offender",

@@ -48,6 +48,10 @@ class ClipStats:
         offenders: The non-finite tensors as :class:`gradclip.Offender` records, in parameter
             order; empty when everything is finite. Computed only when something is non-finite.
         norm_type: The order of ``norm`` and ``clipped_norm``.
+        tensor_norms: 1-D array of the per-tensor norms measured before clipping, in the order of
+            ``names`` (the tensors that have a gradient), or ``None`` when not measured. The
+            monitor reads it for per-layer detail instead of measuring again.
+        names: Names of the tensors behind ``tensor_norms``.
 
     Example:
         >>> import gradclip
@@ -59,7 +63,7 @@ class ClipStats:
 
     __slots__ = (
         "norm", "clipped_norm", "coef", "clipped", "nonfinite", "skipped", "threshold",
-        "norm_type", "_offenders", "_find_offenders",
+        "norm_type", "tensor_norms", "names", "_offenders", "_find_offenders",
     )
 
     def __init__(
@@ -74,6 +78,8 @@ class ClipStats:
         threshold: Any,
         offenders: tuple[Offender, ...] | Callable[[], tuple[Offender, ...]] = (),
         norm_type: float = 2.0,
+        tensor_norms: Any = None,
+        names: tuple[str, ...] = (),
     ) -> None:
         self.norm = norm
         self.clipped_norm = clipped_norm
@@ -83,6 +89,8 @@ class ClipStats:
         self.skipped = skipped
         self.threshold = threshold
         self.norm_type = norm_type
+        self.tensor_norms = tensor_norms
+        self.names = tuple(names)
         if callable(offenders):
             self._offenders, self._find_offenders = None, offenders
         else:

@@ -100,7 +100,7 @@ class Clipper:
             if not bool(finite):  # one host read; free on the CPU
                 offenders = _measure.offenders(names, index, grads)
                 if self.nonfinite != "propagate":
-                    return self._refuse(grads, norm, offenders, p)
+                    return self._refuse(grads, norm, offenders, p, tensor_norms, names)
         else:  # accelerator, propagate: names from the per-tensor flags, read lazily
             flags = ~torch.isfinite(tensor_norms)
             offenders = lambda: _lazy_offenders(names, index, grads, flags)  # noqa: E731
@@ -147,9 +147,11 @@ class Clipper:
         return ClipStats(
             norm=norm, clipped_norm=clipped_norm, coef=coef, clipped=clipped | skipped, nonfinite=~m.finite,
             skipped=skipped, threshold=d.threshold, offenders=offenders, norm_type=p,
+            tensor_norms=m.tensor_norms, names=m.names,
         )
 
-    def _refuse(self, grads: list[torch.Tensor], norm: torch.Tensor, found: tuple, p: float) -> ClipStats:
+    def _refuse(self, grads: list[torch.Tensor], norm: torch.Tensor, found: tuple, p: float,
+                tensor_norms: torch.Tensor, names: list[str]) -> ClipStats:
         """Non-finite gradients under "error", "skip" or "zero": the policy and its state are not run."""
         if self.nonfinite == "error":
             message = nonfinite_message(float(norm), p, found)
@@ -163,7 +165,7 @@ class Clipper:
             norm=norm, clipped_norm=torch.zeros_like(norm) if zero else norm,
             coef=torch.zeros_like(norm) if zero else None, clipped=flag(zero),
             nonfinite=flag(True), skipped=flag(not zero), threshold=None,
-            offenders=found, norm_type=p,
+            offenders=found, norm_type=p, tensor_norms=tensor_norms, names=tuple(names),
         )
 
     def _empty_stats(self, p: float) -> ClipStats:

@@ -1,0 +1,347 @@
+"""``Monitor``: one record per optimizer step, from what the Clipper already measured."""
+
+from __future__ import annotations
+
+import fnmatch
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from gradclip._errors import ConfigError, InputTypeError
+from gradclip._stats import ClipStats, _scalar
+from gradclip.monitor._record import clean
+from gradclip.monitor._sinks import Sink, emit, open_sink
+from gradclip.monitor._spike import SpikeDetector
+
+__all__ = ["Monitor"]
+
+PER_LAYER_MODES = (True, False, "on_anomaly")
+#: Steps between host reads on accelerators when ``flush_every`` is not given.
+ACCELERATOR_FLUSH_EVERY = 20
+
+
+class Monitor:
+    """Watch gradient health: one record per optimizer step, written to every sink.
+
+    A record holds the keys documented in :mod:`gradclip.monitor._record`: ``step``, ``norm``
+    (pre-clip global norm), ``clipped_norm``, ``threshold``, ``coef``, ``clipped``, ``skipped``,
+    ``nonfinite``, ``loss``, ``lr``, ``spike``, ``offenders`` (every non-finite gradient in
+    parameter order, the first one first, with shape and NaN/Inf counts) and ``layers``
+    (``{name: {"grad_norm", "param_norm", "update_ratio"}}`` or null). Dashboards get the
+    Lightning names ``grad/norm_total``, ``grad/norm_total_clipped``, ``grad/norm/<name>``,
+    ``grad/threshold``, ``grad/clipped``, ``grad/skipped``, ``loss``, ``lr``.
+
+    Cost, written down. With ``clip_stats`` the global values are the Clipper's (no pass over
+    the gradients); without it, one foreach norm pass. Per-layer gradient norms are the
+    Clipper's pre-clip per-tensor norms (free); parameter norms cost one foreach norm over the
+    kept parameters. ``update_ratio`` is ``lr * grad_norm * coef / param_norm`` (the size of an
+    SGD step relative to the weights, with the clipping scale; 0 on a skipped step; null without
+    ``lr``): no snapshot of the weights is kept, so it estimates, not measures, the update of
+    adaptive optimizers. Host reads: one per step on the CPU (free); on accelerators the values
+    stay on the device and are read in one transfer every ``flush_every`` steps, and then
+    ``per_layer="on_anomaly"`` computes the per-layer norms on the device every step and keeps
+    them only for anomalous steps (spike detection needs the values, which arrive at flush).
+
+    Args:
+        sinks: Where records go: spec strings ``"jsonl:PATH"``, ``"csv:PATH"``,
+            ``"tensorboard:DIR"``, ``"mlflow"``, ``"wandb"``, callables ``fn(record)``, or
+            objects with ``write(record)`` / ``close()``. Opened now.
+        per_layer: ``True`` (per-layer detail every step), ``False`` (never) or ``"on_anomaly"``
+            (default: only on spike or non-finite steps).
+        spike_window: Number of previous finite norms in the spike baseline (default 50).
+        spike_z: z-score above which a norm is a spike (default 4.0).
+        flush_every: Steps between host reads and sink writes (default: 1 on the CPU,
+            ``ACCELERATOR_FLUSH_EVERY`` = 20 on accelerators). :meth:`close` writes the rest.
+        include: Glob patterns (``fnmatch``) of parameter names that get per-layer detail
+            (default: all). The global norm and the offenders always cover every parameter.
+        exclude: Glob patterns of parameter names left out of the per-layer detail.
+        run: A run label written into every record (``"run"`` key), for several runs per file.
+
+    Raises:
+        ConfigError: a bad option, or a sink that cannot be opened (sinks already opened are closed).
+
+    Example:
+        >>> import torch, gradclip, gradclip.torch as gct
+        >>> records = []
+        >>> model = torch.nn.Linear(4, 1)
+        >>> clipper = gct.Clipper("norm:1.0")
+        >>> from gradclip.monitor import Monitor
+        >>> with Monitor(sinks=[records.append], per_layer=True) as monitor:
+        ...     model(torch.ones(8, 4)).sum().mul(100).backward()
+        ...     stats = clipper.step(model)
+        ...     _ = monitor.step(model, clip_stats=stats, loss=1.5, lr=0.1)
+        >>> records[0]["clipped"], sorted(records[0]["layers"])
+        (True, ['bias', 'weight'])
+    """
+
+    def __init__(
+        self,
+        sinks: Iterable[Any] = (),
+        *,
+        per_layer: bool | str = "on_anomaly",
+        spike_window: int = 50,
+        spike_z: float = 4.0,
+        flush_every: int | None = None,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        run: str | None = None,
+    ) -> None:
+        if per_layer not in PER_LAYER_MODES or not isinstance(per_layer, (bool, str)):
+            raise ConfigError(f"per_layer must be True, False or 'on_anomaly'. Received: {per_layer!r}.")
+        if flush_every is not None and (isinstance(flush_every, bool) or not isinstance(flush_every, int) or flush_every < 1):
+            raise ConfigError(f"flush_every must be None or an int >= 1. Received: {flush_every!r}.")
+        self.include, self.exclude = _patterns("include", include), _patterns("exclude", exclude)
+        self.per_layer, self.flush_every, self.run = per_layer, flush_every, run
+        self.spikes = SpikeDetector(spike_window, spike_z)
+        if isinstance(sinks, (str, bytes)) or callable(sinks):
+            sinks = [sinks]
+        self.steps = 0
+        self.events: list[dict[str, Any]] = []
+        self.last: dict[str, Any] | None = None
+        self._pending: list[dict[str, Any]] = []
+        self._keep: tuple[tuple[str, ...], list[int]] | None = None
+        self._closed = False
+        self.sinks: list[Sink] = []
+        try:
+            for spec in sinks:
+                self.sinks.append(open_sink(spec))
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Monitor(sinks={[getattr(s, 'spec', s) for s in self.sinks]!r}, per_layer={self.per_layer!r})"
+
+    def step(self, parameters: Any = None, *, clip_stats: ClipStats | None = None, loss: Any = None,
+             lr: Any = None, epoch: int | None = None) -> dict[str, Any] | None:
+        """Record one optimizer step (call after ``clipper.step``, before ``optimizer.step``).
+
+        Args:
+            parameters: ``model`` or ``model.named_parameters()`` (names the layers and the
+                offenders), any container ``Clipper.step`` accepts, or ``None`` with
+                ``clip_stats`` (global values only, any framework).
+            clip_stats: The Clipper's result for this step; ``None`` measures the global norm.
+            loss: The loss (a number or a 0-d tensor; read with the other values).
+            lr: The learning rate (number or tensor).
+            epoch: The epoch, written into the record when given.
+
+        Returns:
+            This step's record (a JSON-safe dict) when it was written now, else ``None``
+            (buffered until the next flush).
+
+        Raises:
+            ConfigError: neither ``parameters`` nor ``clip_stats``, or the monitor is closed.
+            InputTypeError: ``parameters`` of a type no adapter accepts.
+        """
+        if self._closed:
+            raise ConfigError("This Monitor is closed; create a new one to keep recording.")
+        probe = self._probe(parameters, clip_stats)
+        if self.flush_every is None:
+            self.flush_every = 1 if probe.device == "cpu" else ACCELERATOR_FLUSH_EVERY
+        eager = self.flush_every == 1
+        entry: dict[str, Any] = {"step": self.steps, "epoch": epoch, "loss": loss, "lr": lr,
+                                 "scalars": probe.scalars(), "offenders": probe.offenders(eager), "layers": None}
+        if self.per_layer is True or (self.per_layer == "on_anomaly" and not eager):
+            entry["layers"] = probe.layers(self._kept(probe.names))
+        self.steps += 1
+        self._pending.append(entry)
+        if eager:
+            return self._flush(probe)
+        if len(self._pending) >= self.flush_every:
+            self.flush()
+        return None
+
+    def flush(self) -> None:
+        """Read the buffered values from the device (one transfer) and write their records."""
+        if self._pending:
+            self._flush(None)
+
+    def close(self) -> None:
+        """Write what is buffered, then close every sink (idempotent)."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            for sink in self.sinks:
+                sink.close()
+
+    def attach(self, clipper: Any, *, optimizer: Any = None) -> Any:
+        """Record every ``clipper.step(...)`` automatically (its parameters and its ClipStats).
+
+        The Clipper's ``step`` is wrapped on this instance only; ``lr`` is read from
+        ``optimizer.param_groups[0]["lr"]`` when an optimizer is given.
+
+        Returns:
+            The clipper (for chaining). ``detach(clipper)`` undoes it.
+        """
+        if not hasattr(clipper, "step"):
+            raise InputTypeError(f"attach() takes a gradclip Clipper. Received: {type(clipper).__name__}.")
+        original = type(clipper).step
+
+        def step(parameters: Any) -> ClipStats:
+            named = list(parameters) if not hasattr(parameters, "named_parameters") and _is_iterator(parameters) else parameters
+            stats = original(clipper, named)
+            lr = optimizer.param_groups[0]["lr"] if optimizer is not None else None
+            self.step(named, clip_stats=stats, lr=lr)
+            return stats
+
+        clipper.step = step
+        return clipper
+
+    @staticmethod
+    def detach(clipper: Any) -> None:
+        """Undo :meth:`attach`."""
+        clipper.__dict__.pop("step", None)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _probe(self, parameters: Any, clip_stats: ClipStats | None) -> Any:
+        if parameters is None and clip_stats is None:
+            raise ConfigError("Monitor.step needs the parameters (model), clip_stats, or both. Received neither.")
+        if clip_stats is not None and not isinstance(clip_stats, ClipStats):
+            raise InputTypeError(f"clip_stats must be a gradclip.ClipStats. Received: {type(clip_stats).__name__}.")
+        torch = sys.modules.get("torch")
+        if torch is not None and (parameters is not None or isinstance(clip_stats.norm, torch.Tensor)):
+            from gradclip.torch._monitor import TorchStep
+
+            return TorchStep(parameters, clip_stats)
+        if parameters is not None:
+            raise InputTypeError("Monitor.step measures torch parameters; for other frameworks pass "
+                                 f"parameters=None and clip_stats=... Received: {type(parameters).__name__}.")
+        return _StatsStep(clip_stats)
+
+    def _kept(self, names: Sequence[str]) -> list[int]:
+        key = tuple(names)
+        if self._keep is None or self._keep[0] != key:
+            keep = [i for i, n in enumerate(names) if _selected(n, self.include, self.exclude)]
+            self._keep = (key, keep)
+        return self._keep[1]
+
+    def _flush(self, probe: Any) -> dict[str, Any] | None:
+        pending, self._pending = self._pending, []
+        values = _fetch([self._flat(e) for e in pending])
+        record = None
+        for entry, flat in zip(pending, values):
+            record = clean(self._record(entry, flat, probe))
+            emit(self.sinks, record)
+            self.last = record
+        return record
+
+    @staticmethod
+    def _flat(entry: dict[str, Any]) -> list[Any]:
+        s = entry["scalars"]
+        layers = entry["layers"] or (None, None, None)
+        return [s["norm"], s["clipped_norm"], s["threshold"], s["coef"], s["clipped"], s["skipped"],
+                s["nonfinite"], entry["loss"], entry["lr"], layers[1], layers[2]]
+
+    def _record(self, entry: dict[str, Any], flat: list[Any], probe: Any) -> dict[str, Any]:
+        norm, clipped_norm, threshold, coef, clipped, skipped, nonfinite, loss, lr, grad_norms, param_norms = flat
+        spike, z = self.spikes.update(norm)
+        step = entry["step"]
+        offenders = entry["offenders"]
+        offenders = offenders() if callable(offenders) and nonfinite else (offenders if nonfinite else ())
+        anomaly = spike or bool(nonfinite)
+        names = entry["layers"][0] if entry["layers"] else None
+        if self.per_layer == "on_anomaly" and not anomaly:
+            names = None
+        elif self.per_layer == "on_anomaly" and probe is not None and names is None:  # eager: measure now
+            names, gn, pn = probe.layers(self._kept(probe.names))
+            grad_norms, param_norms = _fetch([[gn, pn]])[0]
+        record: dict[str, Any] = {"step": step}
+        if entry["epoch"] is not None:
+            record["epoch"] = entry["epoch"]
+        if self.run is not None:
+            record["run"] = self.run
+        record.update(
+            loss=_num(loss), lr=_num(lr), norm=norm, clipped_norm=clipped_norm, threshold=threshold, coef=coef,
+            clipped=bool(clipped), skipped=bool(skipped), nonfinite=bool(nonfinite), spike=spike,
+            offenders=[{"name": o.name, "shape": list(o.shape), "nan": o.nan_count, "inf": o.inf_count} for o in offenders],
+            layers=_layers(names, grad_norms, param_norms, lr, coef, bool(skipped)) if names is not None else None,
+        )
+        if spike:
+            self.events.append({"step": step, "kind": "spike", "norm": norm, "z": z})
+        if nonfinite:
+            self.events.append({"step": step, "kind": "nonfinite",
+                                "first": record["offenders"][0] if record["offenders"] else None})
+        return record
+
+
+class _StatsStep:
+    """A step known only by its ClipStats (any framework): global values, no per-layer detail."""
+
+    device = "cpu"
+    names: tuple[str, ...] = ()
+
+    def __init__(self, stats: ClipStats) -> None:
+        self.stats = stats
+
+    def scalars(self) -> dict[str, Any]:
+        s = self.stats
+        return {"norm": s.norm, "clipped_norm": s.clipped_norm, "threshold": s.threshold, "coef": s.coef,
+                "clipped": s.clipped, "skipped": s.skipped, "nonfinite": s.nonfinite}
+
+    def offenders(self, exact: bool) -> Any:
+        return lambda: self.stats.offenders
+
+    def layers(self, keep: Sequence[int]) -> tuple[list[str], None, None]:
+        return [], None, None
+
+
+def _fetch(rows: list[list[Any]]) -> list[list[Any]]:
+    """Python values for every row, with one host read per device for all torch tensors."""
+    flat = [v for row in rows for v in row]
+    torch = sys.modules.get("torch")
+    if torch is not None and any(isinstance(v, torch.Tensor) for v in flat):
+        from gradclip.torch._monitor import fetch
+
+        flat = fetch(flat)
+    flat = [v if v is None or isinstance(v, (bool, int, float, list)) else _scalar(v) for v in flat]
+    width = len(rows[0]) if rows else 0
+    return [flat[i * width : (i + 1) * width] for i in range(len(rows))]
+
+
+def _num(value: Any) -> float | None:
+    if value is None:
+        return None
+    return float(value) if not isinstance(value, list) else None
+
+
+def _layers(names, grad_norms, param_norms, lr, coef, skipped) -> dict[str, dict[str, Any]]:
+    out = {}
+    scale = 0.0 if skipped else (coef if isinstance(coef, (int, float)) else 1.0)
+    for i, name in enumerate(names):
+        g = grad_norms[i] if grad_norms is not None else None
+        p = param_norms[i] if param_norms is not None else None
+        ratio = None
+        if lr is not None and g is not None and p:
+            ratio = float(lr) * g * scale / p
+        out[name] = {"grad_norm": g, "param_norm": p, "update_ratio": ratio}
+    return out
+
+
+def _patterns(what: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = (value,)
+    value = tuple(value)
+    bad = [v for v in value if not isinstance(v, str)]
+    if bad:
+        raise ConfigError(f"{what} must be glob strings such as 'lstm.*'. Received: {bad[0]!r}.")
+    return value
+
+
+def _selected(name: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
+    if include and not any(fnmatch.fnmatchcase(name, p) for p in include):
+        return False
+    return not any(fnmatch.fnmatchcase(name, p) for p in exclude)
+
+
+def _is_iterator(value: Any) -> bool:
+    return iter(value) is value if hasattr(value, "__iter__") else False

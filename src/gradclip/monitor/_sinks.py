@@ -1,0 +1,250 @@
+"""Sinks: where the monitor's records go (JSONL, CSV, TensorBoard, MLflow, W&B, a callable).
+
+Every sink is opened when the :class:`gradclip.Monitor` is created, so a bad spec fails at once
+(``ConfigError`` naming the spec and what is valid), not at step 10,000.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gradclip._errors import ConfigError
+from gradclip.monitor._metrics import scalars
+from gradclip.monitor._record import SCALAR_KEYS
+
+__all__ = ["Sink", "open_sink"]
+
+VALID_SPECS = (
+    "'jsonl:PATH', 'csv:PATH', 'tensorboard:DIR', 'mlflow', 'wandb', a callable taking the record dict, "
+    "or an object with write(record) and close()"
+)
+
+
+class Sink:
+    """Base class: a sink receives every record (a JSON-safe dict) and is closed once."""
+
+    spec = "sink"
+
+    def write(self, record: dict[str, Any]) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Flush and release what the sink holds (idempotent)."""
+
+
+def _open_file(spec: str, path: str, kind: str):
+    if not path:
+        raise ConfigError(f"Sink {spec!r} names no file. Write {kind}:PATH, for example '{kind}:runs/a/grads.{kind}'.")
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return open(target, "wb", buffering=0)
+    except OSError as exc:
+        raise ConfigError(f"Sink {spec!r} cannot be opened: {exc.strerror or exc} ({target}). "
+                          f"Pass a writable path. Valid sinks: {VALID_SPECS}.") from None
+
+
+def _write_all(fh, data: bytes) -> None:
+    """Write ``data`` with as few ``write`` calls as the OS allows (one for a line, in practice)."""
+    view = memoryview(data)
+    while view:
+        n = fh.write(view)
+        view = view[n:]
+
+
+class JsonlSink(Sink):
+    """One JSON object per line, written with one unbuffered ``write`` per record.
+
+    The line reaches the operating system before :meth:`write` returns, so a process killed with
+    SIGKILL keeps every record written before the kill (at most the last line is cut short, and
+    :func:`gradclip.monitor.read_jsonl` skips it). ``fsync=True`` also forces each line to disk
+    (survives a power loss; costs a disk flush per step).
+    """
+
+    def __init__(self, spec: str, path: str, *, fsync: bool = False) -> None:
+        self.spec, self.path, self.fsync = spec, Path(path), fsync
+        self._fh = _open_file(spec, path, "jsonl")
+
+    def write(self, record: dict[str, Any]) -> None:
+        _write_all(self._fh, (json.dumps(record, allow_nan=False) + "\n").encode())
+        if self.fsync:
+            os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, allow_nan=False)
+
+
+class CsvSink(Sink):
+    """One row per record, columns :data:`gradclip.monitor.SCALAR_KEYS` (header first).
+
+    Cells are JSON values (``true``, ``1.5``, ``[0.1, 0.2]`` for per-tensor thresholds); missing
+    and null values are empty. Each row is flushed as it is written.
+    """
+
+    def __init__(self, spec: str, path: str) -> None:
+        self.spec, self.path = spec, Path(path)
+        self._fh = _open_file(spec, path, "csv")
+        _write_all(self._fh, (",".join(SCALAR_KEYS) + "\n").encode())
+
+    def write(self, record: dict[str, Any]) -> None:
+        cells = []
+        for key in SCALAR_KEYS:
+            cell = _cell(record.get(key))
+            cells.append('"' + cell.replace('"', '""') + '"' if ("," in cell or '"' in cell) else cell)
+        _write_all(self._fh, (",".join(cells) + "\n").encode())
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+
+def _require(spec: str, module: str, extra: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"Sink {spec!r} needs the {module!r} package, which is not installed. "
+                          f"Install it ({extra}) or pick another sink: {VALID_SPECS}.") from None
+
+
+class TensorBoardSink(Sink):
+    """TensorBoard event files via ``tensorboardX``: scalars, and per-layer norm histograms.
+
+    Scalars use :func:`gradclip.monitor._metrics.scalars` names (``grad/norm_total`` ...). When a
+    record holds layers, the finite per-layer gradient norms go to the histogram
+    ``grad/norm_layers`` and the number of non-finite ones to the scalar
+    ``grad/norm_layers_nonfinite`` (TensorBoard rejects histograms with NaN in them).
+    """
+
+    def __init__(self, spec: str, logdir: str, *, flush_secs: int = 10) -> None:
+        self.spec, self.logdir = spec, Path(logdir)
+        if not logdir:
+            raise ConfigError(f"Sink {spec!r} names no directory. Write tensorboard:DIR, for example 'tensorboard:runs/a'.")
+        tbx = _require(spec, "tensorboardX", "pip install tensorboardX")
+        try:
+            self.logdir.mkdir(parents=True, exist_ok=True)
+            self._writer = tbx.SummaryWriter(str(self.logdir), flush_secs=flush_secs)
+        except OSError as exc:
+            raise ConfigError(f"Sink {spec!r} cannot be opened: {exc.strerror or exc} ({self.logdir}). "
+                              f"Pass a writable directory. Valid sinks: {VALID_SPECS}.") from None
+
+    def write(self, record: dict[str, Any]) -> None:
+        step = record["step"]
+        for name, value in scalars(record).items():
+            self._writer.add_scalar(name, value, step)
+        layers = record.get("layers")
+        if layers:
+            import numpy as np
+
+            norms = [(d or {}).get("grad_norm") for d in layers.values()]
+            finite = [v for v in norms if isinstance(v, (int, float)) and math.isfinite(v)]
+            self._writer.add_scalar("grad/norm_layers_nonfinite", float(len(norms) - len(finite)), step)
+            if finite:
+                self._writer.add_histogram("grad/norm_layers", np.asarray(finite, dtype=np.float64), step)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class MlflowSink(Sink):
+    """MLflow metrics (``mlflow.log_metrics``) in the active run; one is started if none is."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self._mlflow = _require(spec, "mlflow", "pip install mlflow")
+        self._started = self._mlflow.active_run() is None
+        if self._started:
+            self._mlflow.start_run()
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._mlflow.log_metrics(scalars(record), step=record["step"])
+
+    def close(self) -> None:
+        if self._started:
+            self._mlflow.end_run()
+            self._started = False
+
+
+class WandbSink(Sink):
+    """Weights & Biases metrics (``wandb.log``) in the current run; ``wandb.init()`` if none."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self._wandb = _require(spec, "wandb", "pip install wandb")
+        self._started = self._wandb.run is None
+        if self._started:
+            self._wandb.init()
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._wandb.log(scalars(record), step=record["step"])
+
+    def close(self) -> None:
+        if self._started:
+            self._wandb.finish()
+            self._started = False
+
+
+class CallbackSink(Sink):
+    """Calls ``fn(record)`` with every record (a fresh JSON-safe dict)."""
+
+    def __init__(self, fn: Callable[[dict[str, Any]], Any]) -> None:
+        self.spec, self._fn = getattr(fn, "__name__", repr(fn)), fn
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._fn(record)
+
+
+_SCHEMES: dict[str, Callable[[str, str], Sink]] = {
+    "jsonl": lambda spec, rest: JsonlSink(spec, rest),
+    "csv": lambda spec, rest: CsvSink(spec, rest),
+    "tensorboard": lambda spec, rest: TensorBoardSink(spec, rest),
+}
+
+
+def open_sink(spec: Any) -> Sink:
+    """Open one sink from a spec string, a callable, or an object with ``write``.
+
+    Raises:
+        ConfigError: unknown scheme, missing path, a path that cannot be opened, or a missing
+            optional package (mlflow, wandb). The message names the spec and the valid forms.
+        InputTypeError: the spec is neither a string nor a callable.
+    """
+    if isinstance(spec, Sink) or (hasattr(spec, "write") and not isinstance(spec, (str, bytes))):
+        return spec
+    if callable(spec):
+        return CallbackSink(spec)
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, str):
+        from gradclip._errors import InputTypeError
+
+        raise InputTypeError(f"A sink must be a spec string or a callable. Received: {type(spec).__name__}. "
+                             f"Valid sinks: {VALID_SPECS}.")
+    scheme, _, rest = spec.partition(":")
+    if scheme in ("mlflow", "wandb") and not rest:
+        return MlflowSink(spec) if scheme == "mlflow" else WandbSink(spec)
+    if scheme not in _SCHEMES:
+        raise ConfigError(f"Unknown sink {spec!r}. Valid sinks: {VALID_SPECS}.")
+    return _SCHEMES[scheme](spec, rest)
+
+
+def emit(sinks: list[Sink], record: dict[str, Any]) -> None:
+    """Write one (JSON-safe, see :func:`gradclip.monitor.clean`) record to every sink."""
+    for sink in sinks:
+        sink.write(record)

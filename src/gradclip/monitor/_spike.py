@@ -1,0 +1,56 @@
+"""Spike detection on the global gradient norm: a rolling mean/std z-score."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+from gradclip._errors import ConfigError
+
+
+class SpikeDetector:
+    """Flags a norm whose z-score against the previous ``window`` finite norms exceeds ``z``.
+
+    The score of step ``t`` uses steps ``t - window .. t - 1`` only (the current norm is not in its
+    own baseline). Non-finite norms are never spikes (they are reported as non-finite) and are
+    kept out of the window. No step is flagged before ``min_history`` finite norms were seen.
+    The standard deviation is floored at ``rel_floor * |mean|`` so that a perfectly flat history
+    does not flag a change in the 7th digit.
+
+    Args:
+        window: Number of previous norms in the baseline (>= 2).
+        z: Threshold on ``(norm - mean) / std`` (> 0). Only upward spikes are flagged.
+        min_history: Finite norms needed before flagging (default ``min(window, 10)``).
+        rel_floor: Relative floor of the standard deviation (default 1e-3).
+
+    Raises:
+        ConfigError: a value out of range.
+
+    Example:
+        >>> d = SpikeDetector(window=5, z=3.0, min_history=3)
+        >>> [d.update(x)[0] for x in [1.0, 1.1, 0.9, 1.0, 9.0, 1.0]]
+        [False, False, False, False, True, False]
+    """
+
+    def __init__(self, window: int = 50, z: float = 4.0, min_history: int | None = None, rel_floor: float = 1e-3):
+        if isinstance(window, bool) or not isinstance(window, int) or window < 2:
+            raise ConfigError(f"spike_window must be an int >= 2. Received: {window!r}.")
+        if isinstance(z, bool) or not isinstance(z, (int, float)) or not (z > 0 and math.isfinite(z)):
+            raise ConfigError(f"spike_z must be a finite number > 0. Received: {z!r}.")
+        self.window, self.z, self.rel_floor = window, float(z), rel_floor
+        self.min_history = min(window, 10) if min_history is None else max(2, min_history)
+        self._values: deque[float] = deque(maxlen=window)
+
+    def update(self, norm: float | None) -> tuple[bool, float | None]:
+        """Score ``norm`` against the window, then add it. Returns ``(is_spike, z_score)``."""
+        if norm is None or not math.isfinite(norm):
+            return False, None
+        score = None
+        if len(self._values) >= self.min_history:
+            n = len(self._values)
+            mean = sum(self._values) / n
+            var = sum((v - mean) ** 2 for v in self._values) / (n - 1)
+            std = max(math.sqrt(var), self.rel_floor * abs(mean), 1e-12)
+            score = (norm - mean) / std
+        self._values.append(norm)
+        return (score is not None and score > self.z), score
