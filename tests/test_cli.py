@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,20 @@ def test_compare_prints_table_and_writes_json_and_logs(tmp_path, capsys):
     data = json.loads(out_json.read_text())
     assert [r["method"] for r in data["runs"]] == ["none", "norm:1.0"]
     assert len(list((tmp_path / "logs").glob("*.jsonl"))) == 2
+    report = out_json.parent / "report.html"  # written beside the JSON by default
+    assert f"comparison report: {report}" in stdout
+    html = report.read_text()
+    assert "none seed 0" in html and "norm:1.0 seed 0" in html and "data:image/png;base64," in html
+    assert all(r["log"] and (tmp_path / "logs") in Path(r["log"]).parents for r in data["runs"])
+
+
+def test_compare_json_alone_puts_logs_and_report_beside_it(tmp_path, capsys):
+    out_json = tmp_path / "results.json"
+    assert cli.main(["compare", "--method", "norm:1.0", "--seeds", "0", "--json", str(out_json), "--quiet"]) == 0
+    assert (tmp_path / "report.html").is_file() and len(list((tmp_path / "logs").glob("*.jsonl"))) == 1
+    assert cli.main(["compare", "--method", "norm:1.0", "--seeds", "0", "--json", str(tmp_path / "b" / "r.json"),
+                     "--quiet", "--no-report"]) == 0
+    assert not (tmp_path / "b" / "report.html").exists()
 
 
 def test_progress_bar_only_on_a_terminal(capsys, monkeypatch):

@@ -12,7 +12,7 @@ from gradclip.experiments import compare, get_task
 
 RUN_KEYS = {
     "method", "seed", "final_loss", "initial_loss", "diverged", "first_nonfinite_step", "steps",
-    "clipped_fraction", "max_grad_norm", "seconds", "test_accuracy",
+    "clipped_fraction", "max_grad_norm", "seconds", "test_accuracy", "log",
 }
 
 

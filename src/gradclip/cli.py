@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
 from gradclip import __version__
@@ -45,9 +46,17 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), help="comma-separated seeds (default: %(default)s)")
     cmp.add_argument("--framework", default="torch", help="framework to train with (default: torch)")
     cmp.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
-    cmp.add_argument("--log-dir", metavar="DIR", help="write a per-step JSONL log of each run into DIR")
+    cmp.add_argument("--log-dir", metavar="DIR",
+                     help="write a per-step JSONL log of each run into DIR (default with --json: logs/ beside it)")
+    cmp.add_argument("--report", metavar="PATH",
+                     help="write the HTML comparison report to PATH (default with --json: report.html beside it)")
+    cmp.add_argument("--no-report", action="store_true", help="do not write the HTML comparison report")
     cmp.add_argument("-q", "--quiet", "--no-progress", dest="quiet", action="store_true",
                      help="no progress bar (it is drawn only when stderr is a terminal)")
+    from gradclip.report._cli import add_report_parser, add_suggest_parser
+
+    add_report_parser(sub)
+    add_suggest_parser(sub)
     return parser
 
 
@@ -97,15 +106,25 @@ def _compare(args: argparse.Namespace) -> int:
     from gradclip.experiments import compare
     from gradclip.experiments._results import write_json
 
+    beside = Path(args.json).parent if args.json else None
+    log_dir = args.log_dir or (beside / "logs" if beside is not None else None)
+    report = None if args.no_report else (args.report or (beside / "report.html" if beside is not None else None))
+    if report is not None and log_dir is None:
+        log_dir = Path(report).parent / "logs"
     result = compare(
         args.task, split_methods(args.method), _seeds(args.seeds), framework=args.framework,
-        log_dir=args.log_dir, progress=None if args.quiet or not sys.stderr.isatty() else _progress,
+        log_dir=log_dir, progress=None if args.quiet or not sys.stderr.isatty() else _progress,
     )
     print(compare_table(result))
     if args.json:
         print(f"\nresults: {write_json(args.json, result)}")
-    if args.log_dir:
-        print(f"per-step logs: {args.log_dir}/")
+    if log_dir is not None:
+        print(f"per-step logs: {log_dir}/")
+    if report is not None:
+        from gradclip.report import build_report
+
+        path = build_report([r["log"] for r in result["runs"]], report, title=f"gradclip compare: {args.task}")
+        print(f"comparison report: {path}")
     return 0
 
 
@@ -117,6 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
+        if args.command in ("report", "suggest"):
+            from gradclip.report._cli import run_report, run_suggest
+
+            return run_report(args) if args.command == "report" else run_suggest(args)
         return _compare(args)
     except ConfigError as exc:
         print(f"gradclip {args.command}: {exc}", file=sys.stderr)

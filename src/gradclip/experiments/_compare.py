@@ -41,7 +41,8 @@ def compare(
         progress: Called as ``progress(done, total, method, seed)`` before each run and once at the end.
 
     Returns:
-        ``{"task", "framework", "gradclip_version", "config", "runs": [RunResult.to_json(), ...]}``.
+        ``{"task", "framework", "gradclip_version", "config", "runs": [...]}``; each run is
+        :meth:`RunResult.to_json` plus ``"log"``, the path of its per-step log (or ``None``).
 
     Raises:
         ConfigError: unknown task, framework or method spec (nothing is trained then).
@@ -72,12 +73,13 @@ def compare(
             runs.append(runner.run(spec, method, seed, data, log))
     if progress:
         progress(total, total, "", -1)
+    logs = [str(_log_path(log_dir, task, r.method, r.seed)) if log_dir is not None else None for r in runs]
     return {
         "task": task,
         "framework": framework,
         "gradclip_version": gradclip.__version__,
         "config": spec.config(),
-        "runs": [r.to_json() for r in runs],
+        "runs": [{**r.to_json(), "log": log} for r, log in zip(runs, logs)],
     }
 
 
