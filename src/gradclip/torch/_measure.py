@@ -42,13 +42,16 @@ def per_tensor_norms(
     tensors: list[torch.Tensor], p: float, foreach: bool | None, dtype: torch.dtype | None
 ) -> list[torch.Tensor]:
     """Norm of each tensor, in torch's grouped order (as ``torch.nn.utils.get_total_norm``)."""
-    norms: list[torch.Tensor] = []
-    for device, ts, _ in grouped(tensors):
-        if use_foreach(foreach, ts, device):
-            norms.extend(torch._foreach_norm(ts, p, dtype=dtype))
-        else:
-            norms.extend(torch.linalg.vector_norm(g, p, dtype=dtype) for g in ts)
-    return norms
+    return [n for device, ts, _ in grouped(tensors) for n in _group_norms(ts, device, p, foreach, dtype)]
+
+
+def _group_norms(
+    ts: list[torch.Tensor], device: torch.device, p: float, foreach: bool | None, dtype: torch.dtype | None
+) -> list[torch.Tensor]:
+    """Norms of one (device, dtype) group with torch's kernels: foreach where allowed, else a loop."""
+    if use_foreach(foreach, ts, device):
+        return list(torch._foreach_norm(ts, p, dtype=dtype))
+    return [torch.linalg.vector_norm(g, p, dtype=dtype) for g in ts]
 
 
 def total_norm(tensors: list[torch.Tensor], p: float, foreach: bool | None, dtype: torch.dtype | None) -> torch.Tensor:
@@ -70,10 +73,8 @@ def norms_in_order(
         if p == float("inf") and any(g.numel() == 0 for g in ts):  # torch refuses max of nothing; it is 0
             zero = torch.zeros((), dtype=dtype, device=device)
             norms = [torch.linalg.vector_norm(g, p, dtype=dtype) if g.numel() else zero for g in ts]
-        elif use_foreach(foreach, ts, device):
-            norms = torch._foreach_norm(ts, p, dtype=dtype)
         else:
-            norms = [torch.linalg.vector_norm(g, p, dtype=dtype) for g in ts]
+            norms = _group_norms(ts, device, p, foreach, dtype)
         for i, n in zip(idx, norms):
             out[i] = n.to(first)
     return torch.stack(out)  # type: ignore[arg-type]
