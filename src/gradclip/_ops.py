@@ -119,3 +119,36 @@ class NumpyOps:
     @staticmethod
     def amax(x: Any) -> Any:
         return np.max(x)
+
+    # -- tensor-level operations of the functional step (gradclip._step) --
+    @staticmethod
+    def acc_dtype(grads: Any) -> Any:
+        """Accumulation dtype of the norms: float64 when a gradient is float64, else float32."""
+        return np.float64 if any(np.asarray(g).dtype == np.float64 for g in grads) else np.float32
+
+    @staticmethod
+    def tensor_norm(g: Any, p: float, acc: Any) -> Any:
+        return NumpyOps.vector_norm(np.asarray(g, dtype=acc).ravel(), p)
+
+    @staticmethod
+    def unit_norm(x: Any, axes: tuple[int, ...] | None, acc: Any) -> Any:
+        x = np.asarray(x, dtype=acc)
+        return np.sqrt(np.sum(x * x, axis=axes, keepdims=axes is not None))
+
+    @staticmethod
+    def mul(g: Any, factor: Any) -> Any:
+        g = np.asarray(g)
+        return g * np.asarray(factor, dtype=g.dtype)
+
+    @staticmethod
+    def clip(g: Any, lo: float | None, hi: float | None) -> Any:
+        return np.clip(g, lo, hi)
+
+    @staticmethod
+    def zeros_like(g: Any) -> Any:
+        return np.zeros_like(g)
+
+    @staticmethod
+    def select(cond: Any, a: Any, b: Any) -> Any:
+        """``a`` where the 0-d ``cond`` is True, else ``b`` (whole arrays)."""
+        return np.where(cond, a, b)
