@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Keras picks its backend once, at import. The main test process runs gradclip.keras under
+# TensorFlow; tests/test_keras_backends.py runs tests/test_keras.py again under the others.
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
 import numpy as np
 import pytest
 

@@ -23,7 +23,7 @@ from gradclip._policies._agc import unit_axes
 from gradclip._policies._chain import Chain
 from gradclip._policies._history import AutoClip
 
-__all__ = ["Outcome", "fixed_shape", "initial_state", "run"]
+__all__ = ["Outcome", "fixed_shape", "initial_state", "may_skip", "run"]
 
 #: Norms an unbounded AutoClip history keeps in the functional adapters (a state array there
 #: needs a fixed shape): the last 10,000 steps.
@@ -195,12 +195,14 @@ def _scale_units(grads: list[Any], coefs: list[Any], m: Measurement, ops: Any) -
     return out, clipped, ops.sqrt(ops.sum(ops.stack(squares)))
 
 
-def initial_state(policy: Policy, shapes: list[tuple[int, ...]], names: tuple[str, ...], acc_dtype: Any) -> tuple[dict[str, Any], Outcome]:
-    """The policy's state with its steady-state shapes, and the outcome's shapes (NumPy arrays).
+def initial_state(policy: Policy, shapes: list[tuple[int, ...]], names: tuple[str, ...],
+                  acc_dtype: Any) -> tuple[dict[str, Any], Outcome]:
+    """The policy's state with its steady-state shapes, and an outcome with the shapes a step returns.
 
-    Runs one step on a non-finite measurement with :class:`gradclip._ops.NumpyOps`: a non-finite
-    step never changes a policy's state, but it makes every array the policy creates lazily
-    (per-tensor rows, per-name entries). A second step checks that the shapes are stable.
+    Decides once on a measurement flagged non-finite, with :class:`gradclip._ops.NumpyOps`: such
+    a step never changes a policy's state, but it makes every array the policy creates lazily
+    (per-tensor rows, per-name entries) with its "nothing seen yet" value. A second step checks
+    that the shapes are stable.
 
     Raises:
         ConfigError: the policy's state changes shape from step to step.
@@ -209,18 +211,33 @@ def initial_state(policy: Policy, shapes: list[tuple[int, ...]], names: tuple[st
 
     from gradclip._ops import NumpyOps
 
-    nan = np.asarray(np.nan, dtype=acc_dtype)
     small = [(1,) * len(s) for s in shapes]  # the state depends on ranks and names, not on sizes
-    grads = [np.full(s, np.nan, acc_dtype) for s in small]
-    params = [np.zeros(s, acc_dtype) for s in small]
+    ones = [np.ones(s, acc_dtype) for s in small]
+    m = measure(policy, ones, NumpyOps, names=names, params=ones)
+    m = dataclasses.replace(m, finite=np.False_)
     with np.errstate(all="ignore"):
-        state = policy.init_state(nan, NumpyOps)
-        _, _, state = run(policy, grads, state, NumpyOps, names=names, params=params)
-        _, outcome, again = run(policy, grads, state, NumpyOps, names=names, params=params)
-    shape = lambda v: np.shape(v)  # noqa: E731
-    if set(again) != set(state) or any(shape(again[k]) != shape(state[k]) for k in state):
+        state = policy.init_state(np.asarray(1.0, acc_dtype), NumpyOps)
+        _, state = policy.decide(m, state, NumpyOps)
+        _, again = policy.decide(m, state, NumpyOps)
+        outcome = run(policy, ones, state, NumpyOps, names=names, params=ones)[1]
+    state = {k: np.asarray(v) for k, v in state.items()}
+    if set(again) != set(state) or any(np.shape(again[k]) != np.shape(state[k]) for k in state):
         raise ConfigError(
             f"{policy.spec()!r} keeps a state whose shape changes from step to step, which a "
             "variable cannot hold. Give it a fixed size (for AutoClip: window=N)."
         )
     return state, outcome
+
+
+def may_skip(policy: Policy, shapes: list[tuple[int, ...]], names: tuple[str, ...]) -> bool:
+    """Whether the policy's decisions carry a skip flag (SpikeGuard and chains holding one)."""
+    import numpy as np
+
+    from gradclip._ops import NumpyOps
+
+    one = np.float32(1.0)
+    grads = [np.ones((1,) * len(s), np.float32) for s in shapes]
+    with np.errstate(all="ignore"):
+        m = measure(policy, grads, NumpyOps, names=names, params=grads)
+        decision, _ = policy.decide(m, policy.init_state(one, NumpyOps), NumpyOps)
+    return decision.skip is not None

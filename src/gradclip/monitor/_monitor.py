@@ -275,13 +275,14 @@ class Monitor:
 
 
 class _StatsStep:
-    """A step known only by its ClipStats (any framework): global values, no per-layer detail."""
+    """A step known only by its ClipStats (any framework): global values, and per-layer gradient
+    norms from ``stats.tensor_norms`` when the clipper measured them (no parameter norms)."""
 
     device = "cpu"
-    names: tuple[str, ...] = ()
 
     def __init__(self, stats: ClipStats) -> None:
         self.stats = stats
+        self.names: tuple[str, ...] = tuple(stats.names) if stats.tensor_norms is not None else ()
 
     def scalars(self) -> dict[str, Any]:
         s = self.stats
@@ -291,8 +292,18 @@ class _StatsStep:
     def offenders(self, exact: bool) -> Any:
         return lambda: self.stats.offenders
 
-    def layers(self, keep: Sequence[int]) -> tuple[list[str], None, None]:
-        return [], None, None
+    def layers(self, keep: Sequence[int]) -> tuple[list[str], Any, None]:
+        if not self.names:
+            return [], None, None
+        norms = [float(v) for v in _host_list(self.stats.tensor_norms)]
+        return [self.names[i] for i in keep], [norms[i] for i in keep], None
+
+
+def _host_list(values: Any) -> list[Any]:
+    """A 1-D array of any framework as a Python list."""
+    if hasattr(values, "numpy"):
+        values = values.numpy()
+    return values.tolist() if hasattr(values, "tolist") else list(values)
 
 
 def _fetch(rows: list[list[Any]]) -> list[list[Any]]:

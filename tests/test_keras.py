@@ -1,0 +1,249 @@
+"""gradclip.keras on the Keras backend of this process (KERAS_BACKEND; tests/conftest.py defaults it to
+tensorflow). tests/test_keras_backends.py runs this module again under the other backends."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+import gradclip  # noqa: E402
+import gradclip.keras as gck  # noqa: E402
+from gradclip import _reference as ref  # noqa: E402
+
+BACKEND = keras.backend.backend()
+RNG = np.random.default_rng(0)
+X = RNG.standard_normal((32, 6)).astype(np.float32)
+Y = (X @ RNG.standard_normal((6, 2)) * 30).astype(np.float32)
+
+
+def _model(seed=0, bias=True):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, activation="tanh", use_bias=bias),
+                             keras.layers.Dense(2, use_bias=bias)])
+
+
+def _train(opt, steps=6, model=None, x=X, y=Y):
+    model = model or _model()
+    model.compile(optimizer=opt, loss="mse")
+    for i in range(steps):
+        model.train_on_batch(x[i % 4 * 8:(i % 4 + 1) * 8], y[i % 4 * 8:(i % 4 + 1) * 8])
+    return model
+
+
+def _same_weights(a, b, rtol=1e-5, atol=1e-6):
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(wa, wb, rtol=rtol, atol=atol)
+
+
+PARITY = [
+    (lambda c: gradclip.GlobalNorm(c, semantics="keras"), "global_clipnorm"),
+    (lambda c: gradclip.PerTensorNorm(c, semantics="keras"), "clipnorm"),
+    (lambda c: gradclip.Value(c), "clipvalue"),
+]
+
+
+@pytest.mark.parametrize("make,kwarg", PARITY, ids=["global_clipnorm", "clipnorm", "clipvalue"])
+@pytest.mark.parametrize("opt_cls", [keras.optimizers.Adam, keras.optimizers.SGD])
+@pytest.mark.parametrize("c", [0.5, 5.0])
+def test_parity_with_keras_clipping(make, kwarg, opt_cls, c):
+    ours = _train(gck.wrap(opt_cls(0.01), make(c)))
+    theirs = _train(opt_cls(0.01, **{kwarg: c}))
+    _same_weights(ours, theirs)
+
+
+def test_parity_under_fit_and_gradient_accumulation():
+    ours = _model()
+    ours.compile(optimizer=gck.wrap(keras.optimizers.SGD(0.01, gradient_accumulation_steps=2),
+                                    gradclip.GlobalNorm(1.0, semantics="keras")), loss="mse")
+    ours.fit(X, Y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    theirs = _model()
+    theirs.compile(optimizer=keras.optimizers.SGD(0.01, gradient_accumulation_steps=2, global_clipnorm=1.0), loss="mse")
+    theirs.fit(X, Y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    _same_weights(ours, theirs)
+
+
+def test_accumulation_clips_once_per_update():
+    opt = gck.wrap(keras.optimizers.SGD(0.01, gradient_accumulation_steps=4), gradclip.AutoClip(50, window=10))
+    _train(opt, steps=8)
+    state = {k: keras.ops.convert_to_numpy(v) for k, v in opt._gc.state.items()}
+    count = [v for v in state.values() if v.dtype == np.int64 and v.ndim == 0]
+    assert 2 in [int(c) for c in count]  # 8 micro-batches = 2 updates = 2 recorded norms
+
+
+def _linear_grad(w, x, y):
+    """Gradient of keras' mean squared error for y_hat = x @ w (no bias), in float64."""
+    err = x.astype(np.float64) @ w - y
+    return 2.0 * x.T.astype(np.float64) @ err / err.size
+
+
+@pytest.mark.parametrize("policy", [gradclip.GlobalNorm(1.0), gradclip.GlobalNorm(2.0, norm_type=1.0),
+                                    gradclip.Value(0.3), gradclip.AGC(0.05)], ids=str)
+def test_one_sgd_step_matches_float64_oracle(policy):
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(2, use_bias=False)])
+    w0 = model.get_weights()[0].astype(np.float64)
+    model.compile(optimizer=gck.wrap(keras.optimizers.SGD(0.1), policy), loss="mse")
+    model.train_on_batch(X[:8], Y[:8])
+    g = _linear_grad(w0, X[:8], Y[:8])
+    if isinstance(policy, gradclip.Value):
+        clipped = ref.clip_value([g], -0.3, 0.3)[0]
+    elif isinstance(policy, gradclip.AGC):
+        clipped = ref.agc(g, w0, 0.05, 1e-3, axes=(0,))  # Keras kernels [in, out]: one unit per column
+    else:
+        clipped = ref.clip_global_norm([g], policy.max_norm, policy.norm_type)[0][0]
+    np.testing.assert_allclose(model.get_weights()[0], w0 - 0.1 * clipped, rtol=1e-4, atol=1e-6)
+    stats = model.optimizer.gradclip_stats()
+    assert stats.norm == pytest.approx(ref.global_norm([g], policy.measure_norm_type), rel=1e-4)
+    assert len(stats.names) == 1 and re.fullmatch(r"sequential\w*/dense\w*/kernel", stats.names[0])
+
+
+@pytest.mark.parametrize("spec", ["zclip:warmup_steps=3", "autoclip:p=20", "adagc:warmup_steps=2",
+                                  "spikeguard:window=8,min_history=3,sigma=3+norm:5.0", "maxhist:2,window=4", "agc:0.05+zclip"])
+def test_adaptive_policies_match_the_numpy_step(spec):
+    """Every policy in a wrapped optimizer follows gradclip's NumPy run of the same gradients."""
+    from gradclip import _step
+    from gradclip._ops import NumpyOps
+
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(2, use_bias=False)])
+    opt = gck.wrap(keras.optimizers.SGD(0.05), spec, history=64)
+    model.compile(optimizer=opt, loss="mse")
+    policy = _step.fixed_shape(gradclip.parse_policy(spec), 64)
+    w = model.get_weights()[0].astype(np.float64)
+    state, _ = _step.initial_state(policy, [w.shape], tuple(v.path for v in model.trainable_variables), np.float32)
+    names = tuple(v.path for v in model.trainable_variables)
+    for i in range(8):
+        sl = slice(i % 4 * 8, (i % 4 + 1) * 8)
+        scale = 40.0 if i == 6 else 1.0  # one spike
+        model.train_on_batch(X[sl], Y[sl] * scale)
+        g = _linear_grad(w, X[sl], Y[sl] * scale).astype(np.float32)
+        out, outcome, state = _step.run(policy, [g], state, NumpyOps, names=names, params=[w.astype(np.float32)])
+        if not bool(outcome.skipped):
+            w = w - 0.05 * out[0].astype(np.float64)
+        np.testing.assert_allclose(model.get_weights()[0], w, rtol=2e-4, atol=1e-5)
+    stats = opt.gradclip_stats()
+    assert stats.norm == pytest.approx(float(outcome.norm), rel=1e-3)
+
+
+def test_spike_skip_leaves_weights_and_slots_untouched():
+    opt = gck.wrap(keras.optimizers.Adam(0.01), gradclip.SpikeGuard(window=8, min_history=3, sigma=3.0))
+    model = _train(opt, steps=5)
+    before = [v.copy() for v in model.get_weights()]
+    slots = [keras.ops.convert_to_numpy(v).copy() for v in opt._gc_slots()]
+    model.train_on_batch(X[:8], Y[:8] * 1e4)
+    assert opt.gradclip_stats().skipped
+    _same_weights_arrays(model.get_weights(), before)
+    _same_weights_arrays([keras.ops.convert_to_numpy(v) for v in opt._gc_slots()], slots)
+
+
+def _same_weights_arrays(a, b):
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("mode", ["skip", "zero", "propagate"])
+def test_nonfinite_modes(mode):
+    opt = gck.wrap(keras.optimizers.Adam(0.01), gradclip.ZClip(warmup_steps=2), nonfinite=mode)
+    model = _train(opt, steps=3)
+    before = [v.copy() for v in model.get_weights()]
+    x = X[:8].copy()
+    x[0, 0] = np.nan
+    model.train_on_batch(x, Y[:8])
+    stats = opt.gradclip_stats()
+    assert stats.nonfinite and re.fullmatch(r"sequential\w*/dense\w*/kernel", stats.offender_names[0])
+    after = model.get_weights()
+    if mode == "skip":
+        assert stats.skipped
+        _same_weights_arrays(after, before)
+    elif mode == "zero":
+        assert all(np.isfinite(w).all() for w in after)
+    else:
+        assert not np.isfinite(after[0]).all()
+    count = [keras.ops.convert_to_numpy(v) for k, v in opt._gc.state.items()]
+    assert all(np.isfinite(c).all() or c.dtype.kind != "f" for c in count[:1])
+
+
+def test_nonfinite_error_names_the_variable():
+    opt = gck.wrap(keras.optimizers.SGD(0.01), "norm:1.0", nonfinite="error")
+    model = _model()
+    model.compile(optimizer=opt, loss="mse", run_eagerly=True)
+    model.train_on_batch(X[:8], Y[:8])
+    before = [v.copy() for v in model.get_weights()]
+    x = X[:8].copy()
+    x[1, 2] = np.inf
+    with pytest.raises(gradclip.NonFiniteError, match=r"sequential\w*/dense\w*/kernel"):
+        model.train_on_batch(x, Y[:8])
+    _same_weights_arrays(model.get_weights(), before)
+
+
+def test_config_round_trip_and_saved_model_keeps_the_clipper_state(tmp_path):
+    opt = gck.wrap(keras.optimizers.Adam(learning_rate=0.02), gradclip.ZClip(warmup_steps=3))
+    config = opt.get_config()
+    assert config["policy"] == "zclip:warmup_steps=3"
+    again = type(opt).from_config(config)
+    assert isinstance(again, keras.optimizers.Adam) and again.gradclip_policy == opt.gradclip_policy
+    assert float(keras.ops.convert_to_numpy(again.learning_rate)) == pytest.approx(0.02)
+
+    model = _train(opt, steps=5)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.optimizer.gradclip_policy.spec() == "zclip:warmup_steps=3"
+    for k, v in opt._gc.state.items():
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded.optimizer._gc.state[k]),
+                                      keras.ops.convert_to_numpy(v))
+    for m in (model, loaded):  # the reloaded run continues exactly like the original one
+        for i in range(3):
+            m.train_on_batch(X[i * 8:(i + 1) * 8], Y[i * 8:(i + 1) * 8] * (1 + 5 * (i == 2)))
+    _same_weights(model, loaded, rtol=1e-6, atol=1e-7)
+
+
+def test_bad_input():
+    with pytest.raises(gradclip.InputTypeError, match="Keras optimizer"):
+        gck.wrap("adam", "norm:1.0")
+    opt = gck.wrap(keras.optimizers.Adam(), "norm:1.0")
+    with pytest.raises(gradclip.ConfigError, match="clip twice"):
+        gck.wrap(opt, "zclip")
+    for kwarg in ("clipnorm", "clipvalue", "global_clipnorm"):
+        with pytest.raises(gradclip.ConfigError, match=kwarg):
+            gck.wrap(keras.optimizers.Adam(**{kwarg: 1.0}), "norm:1.0")
+    built = keras.optimizers.SGD()
+    built.build(_model().trainable_variables)
+    with pytest.raises(gradclip.ConfigError, match="built"):
+        gck.wrap(built, "norm:1.0")
+    with pytest.raises(gradclip.ConfigError, match="inner optimizer"):
+        gck.wrap(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD()), "norm:1.0")
+    with pytest.raises(gradclip.ConfigError, match="nonfinite"):
+        gck.wrap(keras.optimizers.SGD(), "norm:1.0", nonfinite="ignore")
+    with pytest.raises(gradclip.ConfigError):
+        gck.wrap(keras.optimizers.SGD(), "nosuchmethod")
+
+
+def test_gradient_monitor_writes_jsonl_and_tensorboard(tmp_path):
+    pytest.importorskip("tensorboardX")
+    model = _model()
+    model.compile(optimizer=gck.wrap(keras.optimizers.SGD(0.01), "norm:1.0"), loss="mse")
+    log = tmp_path / "grads.jsonl"
+    cb = gck.GradientMonitor([f"jsonl:{log}", f"tensorboard:{tmp_path / 'tb'}"], per_layer=True)
+    model.fit(X, Y, batch_size=8, epochs=2, verbose=0, callbacks=[cb])
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(records) == 8 and [r["step"] for r in records] == list(range(8))
+    assert records[-1]["epoch"] == 1 and records[0]["lr"] == pytest.approx(0.01)
+    assert all(r["clipped"] for r in records) and records[0]["clipped_norm"] == pytest.approx(1.0, rel=1e-5)
+    layers = records[0]["layers"]
+    assert any(k.endswith("kernel") for k in layers) and all(v["grad_norm"] > 0 for v in layers.values())
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    summary = gradclip.report.summarize(gradclip.monitor.read_jsonl(log)) if hasattr(gradclip, "report") else None
+    del summary
+
+
+def test_gradient_monitor_needs_a_wrapped_optimizer():
+    model = _model()
+    model.compile(optimizer=keras.optimizers.SGD(), loss="mse")
+    with pytest.raises(gradclip.ConfigError, match="wrap"):
+        model.fit(X, Y, batch_size=8, verbose=0, callbacks=[gck.GradientMonitor([lambda r: None])])
