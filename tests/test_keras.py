@@ -247,3 +247,37 @@ def test_gradient_monitor_needs_a_wrapped_optimizer():
     model.compile(optimizer=keras.optimizers.SGD(), loss="mse")
     with pytest.raises(gradclip.ConfigError, match="wrap"):
         model.fit(X, Y, batch_size=8, verbose=0, callbacks=[gck.GradientMonitor([lambda r: None])])
+
+
+@pytest.mark.slow
+def test_fit_trains_the_digits_lstm_with_zclip_and_reloads_its_state(tmp_path):
+    from gradclip.experiments._keras import build_model
+    from gradclip.experiments._tasks import get_task
+
+    task = get_task("digits-lstm")
+    data = task.load()
+    keras.utils.set_random_seed(0)
+    model = build_model(task)
+    opt = gck.wrap(keras.optimizers.Adam(0.01), gradclip.ZClip())
+    model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(data.X, data.y, batch_size=32, epochs=3, verbose=0, shuffle=False)
+    accuracy = np.mean(np.argmax(keras.ops.convert_to_numpy(model.predict_on_batch(data.X_test)), 1) == data.y_test)
+    assert accuracy > 0.7, accuracy  # chance is 0.1
+    path = tmp_path / "lstm.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    for key, var in opt._gc.state.items():
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded.optimizer._gc.state[key]),
+                                      keras.ops.convert_to_numpy(var))
+    state = {k: float(keras.ops.convert_to_numpy(v)) for k, v in opt._gc.state.items() if k != "warm"}
+    assert state["count"] == gradclip.ZClip().warmup_steps and state["mu"] > 0 and state["var"] > 0  # warmed up
+
+
+def test_compare_framework_keras_shows_the_before_after_picture():
+    from gradclip.experiments import compare
+
+    out = compare("regression", ["none", "norm:1.0"], [0], framework="keras")
+    assert out["framework"] == "keras" and out["keras_backend"] == BACKEND
+    none, norm = out["runs"]
+    assert none["diverged"] and none["first_nonfinite_step"] is not None
+    assert not norm["diverged"] and norm["final_loss"] < 5.0 and norm["clipped_fraction"] > 0.5

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -196,3 +198,15 @@ def test_bad_input_is_typed():
 def test_empty_and_all_none():
     out, stats = gtf.clip([None, None], "norm:1.0")
     assert out == [None, None] and float(stats.norm) == 0.0
+
+
+def test_compare_framework_tensorflow_shows_the_before_after_picture(tmp_path):
+    from gradclip.experiments import compare
+
+    out = compare("regression", ["none", "norm:1.0"], [1], framework="tensorflow", log_dir=tmp_path)
+    assert out["framework"] == "tensorflow"
+    none, norm = out["runs"]
+    assert none["diverged"] and none["first_nonfinite_step"] is not None
+    assert not norm["diverged"] and norm["final_loss"] < 5.0
+    first = json.loads(open(norm["log"]).readline())
+    assert first["clipped"] and first["clipped_norm"] == pytest.approx(1.0, rel=1e-5)

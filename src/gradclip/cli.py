@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
               "Separate methods with ';' when a spec itself has commas."),
     )
     cmp.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), help="comma-separated seeds (default: %(default)s)")
-    cmp.add_argument("--framework", default="torch", help="framework to train with (default: torch)")
+    cmp.add_argument("--framework", default="torch", help="framework to train with: torch (default), keras or tensorflow")
     cmp.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
     cmp.add_argument("--log-dir", metavar="DIR",
                      help="write a per-step JSONL log of each run into DIR (default with --json: logs/ beside it)")

@@ -13,7 +13,7 @@ from gradclip._spec import parse_policy
 from gradclip.experiments._results import RunResult
 from gradclip.experiments._tasks import get_task
 
-FRAMEWORKS = ("torch",)
+FRAMEWORKS = ("torch", "keras", "tensorflow")
 DEFAULT_METHODS = ("none", "value:1.0", "norm:1.0")
 DEFAULT_SEEDS = (0, 1, 2)
 
@@ -35,7 +35,9 @@ def compare(
         task: Task name (``"regression"`` or ``"digits-lstm"``).
         methods: Method spec strings; each is checked before any training starts.
         seeds: Seeds; every method runs with each.
-        framework: ``"torch"``.
+        framework: ``"torch"`` (``torch.optim.SGD`` + ``gradclip.torch.Clipper``), ``"keras"``
+            (``gradclip.keras.wrap(SGD)`` with ``train_on_batch``, on the configured Keras backend)
+            or ``"tensorflow"`` (a ``GradientTape`` loop with ``gradclip.tensorflow.Clipper``).
         log_dir: When given, a per-step JSONL log per run is written there as
             ``<task>__<method>__seed<seed>.jsonl``.
         progress: Called as ``progress(done, total, method, seed)`` before each run and once at the end.
@@ -60,7 +62,7 @@ def compare(
         raise ConfigError("No method given. Pass at least one, for example 'none,norm:1.0'.")
     for m in methods:
         parse_policy(m)
-    from gradclip.experiments import _torch as runner
+    runner = _runner(framework)
 
     data = spec.load()
     total = len(methods) * len(seeds)
@@ -74,13 +76,31 @@ def compare(
     if progress:
         progress(total, total, "", -1)
     logs = [str(_log_path(log_dir, task, r.method, r.seed)) if log_dir is not None else None for r in runs]
-    return {
+    out = {
         "task": task,
         "framework": framework,
         "gradclip_version": gradclip.__version__,
         "config": spec.config(),
         "runs": [{**r.to_json(), "log": log} for r, log in zip(runs, logs)],
     }
+    if framework == "keras":
+        import keras
+
+        out["keras_backend"] = keras.backend.backend()
+    return out
+
+
+def _runner(framework: str) -> Any:
+    """The runner module of a framework, with a clear error when the framework is not installed."""
+    import importlib
+
+    package = {"torch": "torch", "keras": "keras", "tensorflow": "tensorflow"}[framework]
+    try:
+        importlib.import_module(package)
+    except ImportError as e:
+        raise ConfigError(f"--framework {framework} needs {package}, which is not installed ({e}). "
+                          f"Install it with: pip install 'gradclip[{framework}]'.") from None
+    return importlib.import_module(f"gradclip.experiments._{framework}")
 
 
 def _log_path(log_dir: str | Path, task: str, method: str, seed: int) -> Path:

@@ -1,0 +1,97 @@
+"""The TensorFlow runner of ``gradclip compare --framework tensorflow``: a ``GradientTape`` loop.
+
+The model is written with ``tf.Variable``\\ s (no Keras), the step is one ``tf.function`` with
+``gradclip.tensorflow.Clipper`` inside, and SGD with momentum is written out as torch does it
+(``v = momentum * v + g; w -= lr * v``). Same data, batches, shapes and settings as the torch
+runner.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from gradclip.experiments._loop import train
+from gradclip.experiments._results import RunResult
+from gradclip.experiments._tasks import Data, Task
+from gradclip.tensorflow import Clipper
+
+
+class _Model(tf.Module):
+    """The MLP (Xavier-uniform, bias 0.01, ReLU) or the row LSTM + linear head (torch's uniform init)."""
+
+    def __init__(self, task: Task, seed: int) -> None:
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.lstm = task.model == "lstm"
+        var = lambda shape, bound, name: tf.Variable(  # noqa: E731
+            rng.uniform(-bound, bound, shape).astype(np.float32), name=name)
+        if self.lstm:
+            f, h, c = task.sizes
+            k = 1.0 / math.sqrt(h)
+            self.kernel = var((f, 4 * h), k, "lstm_kernel")
+            self.recurrent = var((h, 4 * h), k, "lstm_recurrent")
+            self.bias = var((4 * h,), k, "lstm_bias")
+            self.head = var((h, c), k, "head_kernel")
+            self.head_bias = var((c,), k, "head_bias")
+        else:
+            self.layers = []
+            for i, (a, b) in enumerate(zip(task.sizes[:-1], task.sizes[1:])):
+                w = var((a, b), math.sqrt(6.0 / (a + b)), f"dense{i}_kernel")
+                self.layers.append((w, tf.Variable(np.full(b, 0.01, np.float32), name=f"dense{i}_bias")))
+
+    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        if not self.lstm:
+            for i, (w, b) in enumerate(self.layers):
+                x = x @ w + b
+                x = tf.nn.relu(x) if i < len(self.layers) - 1 else x
+            return x
+        h_size = self.recurrent.shape[0]
+        h = tf.zeros((tf.shape(x)[0], h_size))
+        c = tf.zeros_like(h)
+        for t in range(x.shape[1]):
+            z = x[:, t] @ self.kernel + h @ self.recurrent + self.bias
+            i, f, g, o = tf.split(z, 4, axis=1)
+            c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+            h = tf.sigmoid(o) * tf.tanh(c)
+        return h @ self.head + self.head_bias
+
+
+def run(task: Task, method: str, seed: int, data: Data, log_path: Path | None = None) -> RunResult:
+    """Train ``task``'s TensorFlow model with clipping ``method`` in a ``GradientTape`` loop."""
+    tf.random.set_seed(seed)
+    model = _Model(task, seed)
+    variables = list(model.trainable_variables)
+    velocity = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
+    clipper = Clipper(method)
+    mse = task.loss == "mse"
+
+    def loss_of(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        out = model(x)
+        if mse:
+            return tf.reduce_mean(tf.square(out - y)), out
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, out)), out
+
+    @tf.function
+    def train_step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            loss, _ = loss_of(x, y)
+        grads, _ = clipper(tape.gradient(loss, variables), variables)
+        for v, m, g in zip(variables, velocity, grads):
+            m.assign(task.momentum * m + g)
+            v.assign_sub(task.lr * m)
+        return loss
+
+    def step(x: np.ndarray, y: np.ndarray) -> tuple[float, dict]:
+        loss = float(train_step(tf.constant(x), tf.constant(y)))
+        return loss, clipper.last_stats().to_dict()
+
+    def evaluate(x: np.ndarray, y: np.ndarray) -> tuple[float, float | None]:
+        loss, out = loss_of(tf.constant(x), tf.constant(y))
+        accuracy = None if mse else float(np.mean(np.argmax(out.numpy(), axis=1) == y))
+        return float(loss), accuracy
+
+    return train(task, method, seed, data, step, evaluate, log_path)
