@@ -7,7 +7,26 @@ from typing import Any
 import keras
 from keras import ops as K
 
-__all__ = ["KerasOps"]
+__all__ = ["KerasOps", "WIDE_FLOAT", "WIDE_INT", "narrowed"]
+
+
+def _x64() -> bool:
+    """Whether the backend has 64-bit types (JAX only with ``jax_enable_x64``)."""
+    if keras.backend.backend() != "jax":
+        return True
+    import jax
+
+    return bool(jax.config.jax_enable_x64)
+
+
+#: The widest types of the backend: 64-bit, or 32-bit under JAX without ``jax_enable_x64`` (then
+#: AutoClip's percentile is computed in float32 and its counters are int32).
+WIDE_FLOAT, WIDE_INT = ("float64", "int64") if _x64() else ("float32", "int32")
+
+
+def narrowed(dtype: str) -> str:
+    """``dtype`` as the backend can hold it (float64/int64 become 32-bit where 64-bit is off)."""
+    return {"float64": WIDE_FLOAT, "int64": WIDE_INT}.get(dtype, dtype)
 
 
 def _dtype(like: Any) -> str:
@@ -69,11 +88,11 @@ class KerasOps:
 
     @staticmethod
     def index_arange(n: int, like: Any) -> Any:
-        return K.arange(n, dtype="int64")
+        return K.arange(n, dtype=WIDE_INT)
 
     @staticmethod
     def index_scalar(value: int, like: Any) -> Any:
-        return K.convert_to_tensor(value, dtype="int64")
+        return K.convert_to_tensor(value, dtype=WIDE_INT)
 
     @staticmethod
     def concat(xs: Any, axis: int = -1) -> Any:
@@ -89,16 +108,16 @@ class KerasOps:
 
     @staticmethod
     def searchsorted_left(rows: Any, values: Any) -> Any:
-        below = K.cast(rows < K.expand_dims(K.cast(values, rows.dtype), -1), "int64")
+        below = K.cast(rows < K.expand_dims(K.cast(values, rows.dtype), -1), WIDE_INT)
         return K.sum(below, axis=-1)
 
     @staticmethod
     def as_float64(x: Any) -> Any:
-        return K.cast(x, "float64")
+        return K.cast(x, WIDE_FLOAT)
 
     @staticmethod
     def as_int64(x: Any) -> Any:
-        return K.cast(x, "int64")
+        return K.cast(x, WIDE_INT)
 
     @staticmethod
     def as_dtype_of(x: Any, like: Any) -> Any:

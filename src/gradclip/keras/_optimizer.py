@@ -13,7 +13,7 @@ from gradclip._errors import ConfigError, InputTypeError, NonFiniteError, Offend
 from gradclip._policies import Policy
 from gradclip._spec import parse_policy
 from gradclip._stats import ClipStats
-from gradclip.keras._ops import KerasOps
+from gradclip.keras._ops import KerasOps, narrowed
 
 __all__ = ["wrap"]
 
@@ -132,6 +132,7 @@ class _ClippedMixin:
 
     def _gc_variable(self, name: str, value: Any) -> Any:
         value = np.asarray(value)
+        value = value.astype(narrowed(str(value.dtype)))
         init = lambda shape, dtype=None: K.convert_to_tensor(value, dtype=str(value.dtype))  # noqa: E731
         # An initializer, not an assign: Keras may create the variable later (deferred initialization).
         return self.add_variable(shape=value.shape, dtype=str(value.dtype), initializer=init, name=name,
