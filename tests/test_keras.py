@@ -203,6 +203,21 @@ def test_config_round_trip_and_saved_model_keeps_the_clipper_state(tmp_path):
     _same_weights(model, loaded, rtol=1e-6, atol=1e-7)
 
 
+def test_saved_model_loads_in_a_fresh_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    model = _train(gck.wrap(keras.optimizers.SGD(0.01), gradclip.AutoClip(30, window=8)), steps=3)
+    model.save(tmp_path / "m.keras")
+    code = ("import keras, gradclip.keras; m = keras.models.load_model(%r); o = m.optimizer; "
+            "print(type(o).__name__, o.gradclip_policy.spec(), int(o.gradclip_stats().to_dict()['clipped']))")
+    proc = subprocess.run([sys.executable, "-c", code % str(tmp_path / "m.keras")], capture_output=True, text=True,
+                          env=dict(os.environ, KERAS_BACKEND=BACKEND), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[:2] == ["ClippedSGD", "autoclip:30.0,window=8"]
+
+
 def test_bad_input():
     with pytest.raises(gradclip.InputTypeError, match="Keras optimizer"):
         gck.wrap("adam", "norm:1.0")

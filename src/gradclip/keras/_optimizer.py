@@ -257,3 +257,7 @@ def _offenders(tensor_norms: Any, names: tuple[str, ...], grads: list[Any]) -> t
         g = np.asarray(K.convert_to_numpy(grads[i]))
         out.append(Offender(names[i], int(i), g.shape, int(np.isnan(g).sum()), int(np.isinf(g).sum())))
     return tuple(out)
+
+
+# Loading a saved model in a fresh process finds wrapped optimizers under this name.
+keras.saving.register_keras_serializable("gradclip", "ClippedOptimizer")(_ClippedMixin)
