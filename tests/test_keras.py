@@ -102,6 +102,22 @@ def test_one_sgd_step_matches_float64_oracle(policy):
     assert len(stats.names) == 1 and re.fullmatch(r"sequential\w*/dense\w*/kernel", stats.names[0])
 
 
+def test_custom_loop_with_optimizer_apply():
+    """``optimizer.apply(grads, variables)`` in a hand-written loop clips like fit does."""
+    var = keras.Variable(np.zeros((6, 2), np.float32), name="w")
+    opt = gck.wrap(keras.optimizers.SGD(0.5), gradclip.GlobalNorm(1.0), nonfinite="skip")
+    w = np.zeros((6, 2))
+    for i in range(3):
+        g = _linear_grad(w, X[:8], Y[:8] * (i + 1))
+        opt.apply([keras.ops.convert_to_tensor(g.astype(np.float32))], [var])
+        w = w - 0.5 * ref.clip_global_norm([g], 1.0)[0][0]
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(var), w, rtol=1e-5, atol=1e-6)
+    assert opt.gradclip_stats().names == ("w",) and opt.gradclip_stats().clipped
+    opt.apply([keras.ops.convert_to_tensor(np.full((6, 2), np.nan, np.float32))], [var])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(var), w, rtol=1e-5)  # skipped
+    assert opt.gradclip_stats().skipped and opt.gradclip_stats().offender_names == ("w",)
+
+
 @pytest.mark.parametrize("spec", ["zclip:warmup_steps=3", "autoclip:p=20", "adagc:warmup_steps=2",
                                   "spikeguard:window=8,min_history=3,sigma=3+norm:5.0", "maxhist:2,window=4", "agc:0.05+zclip"])
 def test_adaptive_policies_match_the_numpy_step(spec):
