@@ -33,7 +33,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_clip.py
+	$(PY) benchmarks/bench_clip.py --json runs/bench.json
 
 clean:
 	rm -rf $(VENV) runs build dist src/*.egg-info .pytest_cache .hypothesis

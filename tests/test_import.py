@@ -65,6 +65,7 @@ def test_public_api_is_frozen():
         "Offender",
         "PerTensorNorm",
         "Policy",
+        "ReplicaMismatchError",
         "SpikeGuard",
         "StateDictError",
         "Value",
@@ -81,7 +82,10 @@ def test_public_api_is_frozen():
 def test_torch_api_is_frozen():
     import gradclip.torch as gct
 
-    assert gct.__all__ == ["Clipper", "clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_", "get_total_norm"]
+    assert gct.__all__ == [
+        "Clipper", "ReplicaCheck", "check_replicas", "clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_",
+        "clipped", "get_total_norm",
+    ]
     assert gct.__all__ == sorted(gct.__all__)
     for name in gct.__all__:
         assert callable(getattr(gct, name)), name

@@ -18,6 +18,7 @@ from gradclip._errors import (
     LogError,
     NonFiniteError,
     Offender,
+    ReplicaMismatchError,
     StateDictError,
 )
 from gradclip._policies import (
@@ -59,6 +60,7 @@ __all__ = [
     "Offender",
     "PerTensorNorm",
     "Policy",
+    "ReplicaMismatchError",
     "SpikeGuard",
     "StateDictError",
     "Value",

@@ -17,6 +17,7 @@ __all__ = [
     "LogError",
     "NonFiniteError",
     "Offender",
+    "ReplicaMismatchError",
     "StateDictError",
 ]
 
@@ -41,6 +42,23 @@ class StateDictError(GradclipError, ValueError):
     """A state dict does not match the clipper or policy it is loaded into."""
 
 
+class ReplicaMismatchError(GradclipError, RuntimeError):
+    """Ranks that should hold the same value (the global gradient norm) hold different ones.
+
+    Raised by the cross-rank consistency check (``gradclip.torch.Clipper(check_every=N)``) on
+    every rank alike.
+
+    Attributes:
+        values: The value on each rank, in the order of ``ranks``.
+        ranks: The global ranks compared.
+    """
+
+    def __init__(self, message: str, values: tuple[float, ...] = (), ranks: tuple[int, ...] = ()):
+        super().__init__(message)
+        self.values = tuple(values)
+        self.ranks = tuple(ranks)
+
+
 @dataclass(frozen=True)
 class Offender:
     """A gradient tensor that holds NaN or Inf values.
@@ -52,6 +70,8 @@ class Offender:
         shape: Shape of the gradient.
         nan_count: Number of NaN elements.
         inf_count: Number of +Inf or -Inf elements.
+        rank: The distributed rank holding the values (``None`` in one process). The counts
+            are that rank's part's; ``shape`` is the whole tensor's for a DTensor, else the part's.
     """
 
     name: str
@@ -59,10 +79,12 @@ class Offender:
     shape: tuple[int, ...]
     nan_count: int
     inf_count: int
+    rank: int | None = None
 
     def describe(self) -> str:
-        """One line for messages and logs: ``name shape=(3, 4) nan=2 inf=0``."""
-        return f"{self.name} shape={self.shape} nan={self.nan_count} inf={self.inf_count}"
+        """One line for messages and logs: ``name shape=(3, 4) nan=2 inf=0`` (then `` rank=1``)."""
+        where = "" if self.rank is None else f" rank={self.rank}"
+        return f"{self.name} shape={self.shape} nan={self.nan_count} inf={self.inf_count}{where}"
 
 
 class NonFiniteError(GradclipError, FloatingPointError, RuntimeError):

@@ -1,7 +1,8 @@
 """The ``gradclip`` command: a thin shell over functions that return data.
 
     gradclip compare [--task regression] [--method none,value:1.0,norm:1.0] [--seeds 0,1,2]
-                     [--json PATH] [--log-dir DIR]
+                     [--json PATH] [--log-dir DIR] [--nproc N]
+    gradclip bench [--quick] [--threads 1,2] [--json PATH]
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmp.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), help="comma-separated seeds (default: %(default)s)")
     cmp.add_argument("--framework", default="torch", help="framework to train with: torch (default), keras or tensorflow")
+    cmp.add_argument("--nproc", type=int, default=1, metavar="N",
+                     help=("train each run with DistributedDataParallel over N processes (gloo backend, CPU; "
+                           "torch only). Same numbers as one process, up to rounding (default: 1)"))
     cmp.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
     cmp.add_argument("--log-dir", metavar="DIR",
                      help="write a per-step JSONL log of each run into DIR (default with --json: logs/ beside it)")
@@ -57,6 +61,15 @@ def _parser() -> argparse.ArgumentParser:
 
     add_report_parser(sub)
     add_suggest_parser(sub)
+    from gradclip.bench import add_arguments as add_bench_arguments
+
+    add_bench_arguments(sub.add_parser(
+        "bench", help="time gradclip against torch.nn.utils and the memory floor (table + JSON)",
+        description=("Time clipping (when it clips and when it does not), norms, value clipping, every "
+                     "adaptive policy, the Monitor and a clip + AdamW step, gradclip next to torch.nn.utils "
+                     "and next to the memory floor measured in the same run. Interleaved repetitions, "
+                     "medians, 1 and 2 threads. See BENCHMARKS.md."),
+    ))
     return parser
 
 
@@ -114,6 +127,7 @@ def _compare(args: argparse.Namespace) -> int:
     result = compare(
         args.task, split_methods(args.method), _seeds(args.seeds), framework=args.framework,
         log_dir=log_dir, progress=None if args.quiet or not sys.stderr.isatty() else _progress,
+        nproc=args.nproc,
     )
     print(compare_table(result))
     if args.json:
@@ -136,6 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
+        if args.command == "bench":
+            from gradclip.bench import run_and_print
+
+            return run_and_print(args)
         if args.command in ("report", "suggest"):
             from gradclip.report._cli import run_report, run_suggest
 

@@ -28,6 +28,7 @@ def compare(
     framework: str = "torch",
     log_dir: str | Path | None = None,
     progress: Progress | None = None,
+    nproc: int = 1,
 ) -> dict[str, Any]:
     """Train the task once per (method, seed) and return the results as JSON-ready data.
 
@@ -41,6 +42,8 @@ def compare(
         log_dir: When given, a per-step JSONL log per run is written there as
             ``<task>__<method>__seed<seed>.jsonl``.
         progress: Called as ``progress(done, total, method, seed)`` before each run and once at the end.
+        nproc: Train each run with DistributedDataParallel over this many processes (gloo, CPU;
+            torch only); the results are those of one process up to rounding. Default 1.
 
     Returns:
         ``{"task", "framework", "gradclip_version", "config", "runs": [...]}``; each run is
@@ -63,6 +66,10 @@ def compare(
     for m in methods:
         parse_policy(m)
     runner = _runner(framework)
+    if nproc != 1:  # DDP: a pool of processes with the runner's interface
+        from gradclip.experiments._ddp import Pool
+
+        runner = Pool(nproc, framework)
 
     data = spec.load()
     total = len(methods) * len(seeds)
@@ -75,12 +82,14 @@ def compare(
             runs.append(runner.run(spec, method, seed, data, log))
     if progress:
         progress(total, total, "", -1)
+    if nproc != 1:
+        runner.close()
     logs = [str(_log_path(log_dir, task, r.method, r.seed)) if log_dir is not None else None for r in runs]
     out = {
         "task": task,
         "framework": framework,
         "gradclip_version": gradclip.__version__,
-        "config": spec.config(),
+        "config": spec.config() if nproc == 1 else {**spec.config(), "nproc": nproc, "ddp_backend": "gloo"},
         "runs": [{**r.to_json(), "log": log} for r, log in zip(runs, logs)],
     }
     if framework == "keras":

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from gradclip.experiments._results import RunResult
+from gradclip.experiments._results import RunResult, finish, finite_or_none
 from gradclip.experiments._tasks import Data, Task
 
 #: ``step(x, y) -> (loss, stats)``: one optimizer step on a batch; ``stats`` is ClipStats.to_dict().
@@ -42,7 +42,7 @@ def train(task: Task, method: str, seed: int, data: Data, step: StepFn, evaluate
                 idx = perm[i : i + task.batch_size]
                 loss, rec = step(data.X[idx], data.y[idx])
                 if log:
-                    head = {"run": f"{method} seed {seed}", "step": n, "epoch": epoch, "loss": _num(loss)}
+                    head = {"run": f"{method} seed {seed}", "step": n, "epoch": epoch, "loss": finite_or_none(loss)}
                     log.write(json.dumps({**head, **{k: _clean(rec[k]) for k in KEEP}}) + "\n")
                 if not math.isfinite(loss) or rec["nonfinite"]:
                     first_bad = n
@@ -60,22 +60,13 @@ def train(task: Task, method: str, seed: int, data: Data, step: StepFn, evaluate
         accuracy = evaluate(data.X_test, data.y_test)[1]
     else:
         accuracy = None
-    diverged = first_bad is not None or not math.isfinite(final)
-    return RunResult(
-        method=method, seed=seed, final_loss=None if diverged else final, initial_loss=initial,
-        diverged=diverged, first_nonfinite_step=first_bad, steps=n,
-        clipped_fraction=clipped / n if n else 0.0, max_grad_norm=max_norm,
-        seconds=round(time.perf_counter() - start, 3), test_accuracy=accuracy,
-    )
-
-
-def _num(x: float | None) -> float | None:
-    return x if x is None or math.isfinite(x) else None
+    return finish(method, seed, initial=initial, final=final, accuracy=accuracy, first_bad=first_bad, steps=n,
+                  clipped=clipped, max_norm=max_norm, seconds=time.perf_counter() - start)
 
 
 def _clean(value: Any) -> Any:
     if isinstance(value, float):
-        return _num(value)
+        return finite_or_none(value)
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
     return value

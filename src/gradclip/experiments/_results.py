@@ -45,6 +45,23 @@ class RunResult:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
+def finite_or_none(x: float | None) -> float | None:
+    """``x``, or ``None`` when it is NaN/Inf (JSON has no NaN)."""
+    return x if x is None or math.isfinite(x) else None
+
+
+def finish(method: str, seed: int, *, initial: float, final: float, accuracy: float | None,
+           first_bad: int | None, steps: int, clipped: int, max_norm: float | None, seconds: float) -> RunResult:
+    """The :class:`RunResult` of a finished training loop (every framework's runner ends here)."""
+    diverged = first_bad is not None or not math.isfinite(final)
+    return RunResult(
+        method=method, seed=seed, final_loss=None if diverged else final, initial_loss=initial,
+        diverged=diverged, first_nonfinite_step=first_bad, steps=steps,
+        clipped_fraction=clipped / steps if steps else 0.0, max_grad_norm=max_norm,
+        seconds=round(seconds, 3), test_accuracy=accuracy,
+    )
+
+
 def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` as indented JSON, creating parent folders."""
     path = Path(path)

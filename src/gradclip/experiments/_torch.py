@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from gradclip._spec import parse_policy
-from gradclip.experiments._results import RunResult
+from gradclip.experiments._results import RunResult, finish, finite_or_none
 from gradclip.experiments._tasks import Data, Task
 from gradclip.torch import Clipper
 
@@ -44,7 +44,7 @@ def build_model(task: Task) -> torch.nn.Module:
     return torch.nn.Sequential(*layers)
 
 
-def run(task: Task, method: str, seed: int, data: Data, log_path: Path | None = None) -> RunResult:
+def run(task: Task, method: str, seed: int, data: Data, log_path: Path | None = None, *, shard=None) -> RunResult:
     """Train ``task``'s model with clipping ``method`` and report how it went.
 
     Args:
@@ -53,6 +53,8 @@ def run(task: Task, method: str, seed: int, data: Data, log_path: Path | None = 
         seed: Seeds the initial weights and the batch order.
         data: The task's arrays from ``task.load()`` (loaded once for all runs).
         log_path: When given, one JSON line per step is written there.
+        shard: Set by the DDP runner (:class:`gradclip.experiments._ddp.Shard`): this rank's part
+            of every batch; ``None`` (default) trains in one process.
 
     Returns:
         The :class:`RunResult`. A run stops at the first non-finite loss or gradient.
@@ -61,6 +63,7 @@ def run(task: Task, method: str, seed: int, data: Data, log_path: Path | None = 
     torch.manual_seed(seed)
     X, y = torch.from_numpy(data.X), torch.from_numpy(data.y)
     model = build_model(task)
+    net = model if shard is None else shard.wrap(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=task.lr, momentum=task.momentum)
     clipper = Clipper(parse_policy(method))
     order = torch.Generator().manual_seed(seed)
@@ -75,13 +78,13 @@ def run(task: Task, method: str, seed: int, data: Data, log_path: Path | None = 
             for i in range(0, len(X), task.batch_size):
                 idx = perm[i : i + task.batch_size]
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model(X[idx]), y[idx])
+                loss = loss_fn(model(X[idx]), y[idx]) if shard is None else shard.loss(net, loss_fn, X[idx], y[idx])
                 loss.backward()
-                loss_value = loss.item()
+                loss_value = loss.item() if shard is None else shard.value(loss)
                 stats = clipper.step(model.named_parameters())
                 rec = stats.to_dict()
                 if log:
-                    head = {"run": f"{method} seed {seed}", "step": step, "epoch": epoch, "loss": _num(loss_value)}
+                    head = {"run": f"{method} seed {seed}", "step": step, "epoch": epoch, "loss": finite_or_none(loss_value)}
                     log.write(json.dumps({**head, **_record(rec)}) + "\n")
                 if not math.isfinite(loss_value) or rec["nonfinite"]:
                     first_bad = step
@@ -101,19 +104,10 @@ def run(task: Task, method: str, seed: int, data: Data, log_path: Path | None = 
         if task.loss == "cross_entropy" and data.X_test is not None:
             predicted = model(torch.from_numpy(data.X_test)).argmax(dim=1)
             accuracy = float((predicted == torch.from_numpy(data.y_test)).double().mean())
-    diverged = first_bad is not None or not math.isfinite(final)
-    return RunResult(
-        method=method, seed=seed, final_loss=None if diverged else final, initial_loss=initial,
-        diverged=diverged, first_nonfinite_step=first_bad, steps=step,
-        clipped_fraction=clipped / step if step else 0.0, max_grad_norm=max_norm,
-        seconds=round(time.perf_counter() - start, 3), test_accuracy=accuracy,
-    )
-
-
-def _num(x: float | None) -> float | None:
-    return x if x is None or math.isfinite(x) else None
+    return finish(method, seed, initial=initial, final=final, accuracy=accuracy, first_bad=first_bad, steps=step,
+                  clipped=clipped, max_norm=max_norm, seconds=time.perf_counter() - start)
 
 
 def _record(rec: dict) -> dict:
     keep = ("norm", "clipped_norm", "coef", "threshold", "clipped", "skipped", "nonfinite")
-    return {k: (_num(rec[k]) if isinstance(rec[k], float) else rec[k]) for k in keep}
+    return {k: (finite_or_none(rec[k]) if isinstance(rec[k], float) else rec[k]) for k in keep}

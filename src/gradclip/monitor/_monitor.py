@@ -186,9 +186,9 @@ class Monitor:
             raise InputTypeError(f"attach() takes a gradclip Clipper. Received: {type(clipper).__name__}.")
         original = type(clipper).step
 
-        def step(parameters: Any) -> ClipStats:
+        def step(parameters: Any, **options: Any) -> ClipStats:  # options: e.g. apply_coef (gct.clipped)
             named = list(parameters) if not hasattr(parameters, "named_parameters") and _is_iterator(parameters) else parameters
-            stats = original(clipper, named)
+            stats = original(clipper, named, **options)
             lr = optimizer.param_groups[0]["lr"] if optimizer is not None else None
             self.step(named, clip_stats=stats, lr=lr)
             return stats

@@ -8,8 +8,13 @@ that torch accepts silently and that breaks training:
   the gradients' signs or turns them to NaN);
 - ``norm_type`` <= 0 (other than ``inf``) raises :class:`gradclip.ConfigError`.
 
-Keyword-only extensions, off by default: ``nonfinite=`` (what to do with NaN/Inf gradients) and
-``norm_dtype=`` (accumulate the norm in a wider dtype, e.g. fp32 for bf16 gradients).
+Keyword-only extensions, off by default: ``nonfinite=`` (what to do with NaN/Inf gradients),
+``norm_dtype=`` (accumulate the norm in a wider dtype, e.g. fp32 for bf16 gradients) and
+``fast=`` (a faster 2-norm kernel on the CPU whose last bits differ from torch's).
+
+Always on, with the same numbers as torch: on the CPU the scale pass is skipped when the clip
+coefficient is exactly 1 (nothing to clip), value clipping reads and writes each gradient once,
+and gradients that are adjacent views of one buffer are processed as one tensor.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch
 
 from gradclip import _validate
 from gradclip._errors import ConfigError, NonFiniteError, nonfinite_message
-from gradclip.torch import _measure, _params
+from gradclip.torch import _dist, _dist_functional, _fast, _measure, _params
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_", "get_total_norm"]
 
@@ -53,6 +58,10 @@ def get_total_norm(
     foreach: bool | None = None,
     *,
     norm_dtype: torch.dtype | None = None,
+    fast: bool = False,
+    group: Any = None,
+    groups: Any = None,
+    replicated: Any = None,
 ) -> torch.Tensor:
     """Norm of the given tensors viewed as one vector (drop-in for ``torch.nn.utils.get_total_norm``).
 
@@ -64,9 +73,16 @@ def get_total_norm(
         foreach: Use foreach kernels (``None``: where supported, as torch).
         norm_dtype: Accumulate and return the norm in this dtype (``None``: the tensors' dtype,
             as torch). ``torch.float32`` gives 7 significant digits for bf16 gradients.
+        fast: On the CPU, compute the 2-norm of float tensors with blocked dot products (float32
+            accumulation, float64 for float64 tensors; ~1.5x faster with 2 threads, and more
+            accurate than torch's kernel on large tensors). The norm then differs from torch's
+            in the last bits. Default False (bitwise torch). Other norms and devices: torch's.
+        group, groups, replicated: Distributed tensors, as in :func:`clip_grad_norm_` (names
+            are ``tensors[i]``).
 
     Returns:
         0-d tensor on the first tensor's device; ``tensor(0.)`` when ``tensors`` is empty.
+        With DTensors or ``group=`` it is the global norm, the same plain tensor on every rank.
 
     Raises:
         ConfigError: ``norm_type`` <= 0, or ``foreach=True`` on a device without foreach kernels.
@@ -80,7 +96,10 @@ def get_total_norm(
     """
     p = _validate.norm_type(norm_type)
     ts = _params.tensors(tensors)
-    norm = _measure.total_norm(ts, p, foreach, norm_dtype)
+    if group is not None or groups is not None or _dist.has_dtensor(ts):
+        cfg = _dist.layout(group, groups, replicated)
+        return _dist_functional.get_total_norm(cfg, ts, p, error_if_nonfinite, foreach, norm_dtype)
+    norm = _measure.total_norm(ts, p, foreach, norm_dtype, _fast.flag(fast, auto=False))
     if error_if_nonfinite and not bool(torch.isfinite(norm)):
         _raise_nonfinite(norm, p, [(f"tensors[{i}]", _Holder(t)) for i, t in enumerate(ts)])
     return norm
@@ -119,6 +138,8 @@ def clip_grads_with_norm_(
     """
     max_norm = _validate.threshold("max_norm", max_norm)
     _, _, grads = _params.with_grads(_params.named_tensors(parameters))
+    if _dist.has_dtensor(grads) or _dist.has_dtensor([total_norm]):  # scale the local shards
+        grads, total_norm = _dist_functional.localize(grads, total_norm)
     if grads:
         _measure.scale_(grads, torch.clamp(max_norm / (total_norm + 1e-6), max=1.0), foreach)
 
@@ -133,11 +154,16 @@ def clip_grad_norm_(
     *,
     nonfinite: str | None = None,
     norm_dtype: torch.dtype | None = None,
+    fast: bool = False,
+    group: Any = None,
+    groups: Any = None,
+    replicated: Any = None,
 ) -> torch.Tensor:
     """Clip the gradients' total norm to ``max_norm`` in place; return the norm before clipping.
 
     Drop-in for ``torch.nn.utils.clip_grad_norm_``: same arguments, same return value, same
-    gradients. Gradients are multiplied by ``min(1, max_norm / (norm + 1e-6))``.
+    gradients. Gradients are multiplied by ``min(1, max_norm / (norm + 1e-6))``; on the CPU a
+    coefficient of exactly 1 skips the multiply (same result, one pass fewer).
 
     Args:
         parameters: A tensor, an ``nn.Module``, ``model.parameters()``, ``model.named_parameters()``
@@ -156,9 +182,24 @@ def clip_grad_norm_(
             zero). Every mode but ``"propagate"`` reads one boolean from the device.
         norm_dtype: Accumulate and return the norm in this dtype (``None``: the gradients' dtype,
             as torch).
+        fast: On the CPU, compute the 2-norm of float gradients with blocked dot products (float32
+            accumulation, float64 for float64 tensors; ~1.5x faster with 2 threads, and more
+            accurate than torch's kernel on large gradients). The norm then differs from torch's
+            in the last bits. Default False (bitwise torch). Other norms and devices: torch's.
+        group: Distributed, sharded by hand or by pipeline stage: the
+            ``torch.distributed.ProcessGroup`` over which partial norms are summed (every rank
+            of it must call). DTensor gradients (FSDP2, tensor parallel) need nothing: they are
+            detected and reduced over their meshes; replicated gradients (DDP) need nothing.
+        groups: Several groups to sum over in turn, e.g. ``(tp_group, pp_group)``; not with ``group``.
+        replicated: Tensors held identically by several ranks of the sum (tied or
+            tensor-parallel-replicated), counted once: a list of names (held by every rank of
+            the first group), a ``{name: copies}`` mapping, or a predicate
+            ``(name, grad) -> bool | int``.
 
     Returns:
-        The total norm of the gradients before clipping, a 0-d tensor.
+        The total norm of the gradients before clipping, a 0-d tensor. With DTensors or
+        ``group=`` it is the global norm, the same plain tensor on every rank (one all-reduce
+        per process group).
 
     Raises:
         ConfigError: negative or NaN ``max_norm``, ``norm_type`` <= 0, unknown ``nonfinite``.
@@ -182,7 +223,10 @@ def clip_grad_norm_(
     mode = _nonfinite_mode(nonfinite, error_if_nonfinite)
     named = _params.named_tensors(parameters, warn_empty_generator=True)
     _, _, grads = _params.with_grads(named)
-    norm = _measure.total_norm(grads, p, foreach, norm_dtype)
+    if group is not None or groups is not None or _dist.has_dtensor(grads):
+        cfg = _dist.layout(group, groups, replicated)
+        return _dist_functional.clip_grad_norm_(cfg, named, max_norm, p, mode, foreach, norm_dtype)
+    norm = _measure.total_norm(grads, p, foreach, norm_dtype, _fast.flag(fast, auto=False))
     if mode != "propagate" and grads and not bool(torch.isfinite(norm)):
         if mode == "error":
             _raise_nonfinite(norm, p, named)
@@ -196,7 +240,8 @@ def clip_grad_norm_(
 
 @torch.no_grad()
 def clip_grad_value_(
-    parameters: Any, clip_value: float, foreach: bool | None = None, *, nonfinite: str = "propagate"
+    parameters: Any, clip_value: float, foreach: bool | None = None, *, nonfinite: str = "propagate",
+    group: Any = None, groups: Any = None,
 ) -> None:
     """Clamp every gradient element into ``[-clip_value, clip_value]`` in place.
 
@@ -209,6 +254,9 @@ def clip_grad_value_(
         nonfinite: ``"propagate"`` (default, as torch), ``"error"``, ``"skip"`` or ``"zero"``, as
             in :func:`clip_grad_norm_`; every mode but ``"propagate"`` costs one extra read of
             the gradients and one device read.
+        group, groups: Distributed gradients, as in :func:`clip_grad_norm_`: with ``nonfinite``
+            other than ``"propagate"``, a NaN/Inf on any rank is seen on every rank (one
+            all-reduce per process group).
 
     Raises:
         ConfigError: negative or NaN ``clip_value``, unknown ``nonfinite``.
@@ -226,6 +274,8 @@ def clip_grad_value_(
     mode = _nonfinite_mode(nonfinite, False)
     named = _params.named_tensors(parameters)
     _, _, grads = _params.with_grads(named)
+    if group is not None or groups is not None or _dist.has_dtensor(grads):
+        return _dist_functional.clip_grad_value_(_dist.layout(group, groups), named, c, mode, foreach)
     if mode != "propagate" and grads:
         peak = _measure.total_norm(grads, float("inf"), foreach, None)
         if not bool(torch.isfinite(peak)):
