@@ -23,7 +23,7 @@ from gradclip._policies._agc import unit_axes
 from gradclip._policies._chain import Chain
 from gradclip._policies._history import AutoClip
 
-__all__ = ["Outcome", "fixed_shape", "initial_state", "may_skip", "run"]
+__all__ = ["Outcome", "fixed_shape", "fold_skip", "initial_state", "may_skip", "run"]
 
 #: Norms an unbounded AutoClip history keeps in the functional adapters (a state array there
 #: needs a fixed shape): the last 10,000 steps.
@@ -134,7 +134,7 @@ def _apply(d: Decision, grads: list[Any], m: Measurement, p: float, ops: Any) ->
     norm = m.norm
     false = ops.isfinite(norm) & False
     if d.skip is not None:
-        d = _fold_skip(d, norm, ops)
+        d = fold_skip(d, norm, ops)
     coef, clipped, clipped_norm, out = None, false, norm, list(grads)
     if d.coef is not None:
         coef = d.coef
@@ -168,7 +168,11 @@ def _outside(g: Any, lo: float | None, hi: float | None, ops: Any) -> Any:
     return below | above
 
 
-def _fold_skip(d: Decision, norm: Any, ops: Any) -> Decision:
+def fold_skip(d: Decision, norm: Any, ops: Any) -> Decision:
+    """Fold a skip flag into the decision's factors (0 when skipping), without a host read.
+
+    A clamp has no factor: the caller zeroes the clamped gradients itself.
+    """
     keep = ops.as_dtype_of(~d.skip, norm)
     if d.coefs is not None:
         return dataclasses.replace(d, coefs=d.coefs * keep)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
@@ -11,6 +10,7 @@ from gradclip import _validate
 from gradclip._errors import NonFiniteError, Offender, StateDictError, nonfinite_message
 from gradclip._policies import Decision, Measurement, Policy
 from gradclip._spec import parse_policy
+from gradclip._step import fold_skip
 from gradclip._stats import ClipStats
 from gradclip.torch import _dist, _fast, _measure, _params, _replicas, _units
 from gradclip.torch._ops import TorchOps
@@ -163,7 +163,7 @@ class Clipper:
         norm = m.norm
         false = torch.zeros((), dtype=torch.bool, device=norm.device)
         if d.skip is not None:
-            d = _fold_skip(d, norm)
+            d = fold_skip(d, norm, TorchOps)
         coef, clipped, clipped_norm = None, false, norm
         if d.coef is not None:
             coef = d.coef
@@ -250,18 +250,6 @@ class Clipper:
         self.steps = int(state_dict["steps"])
         self._state = dict(state_dict["state"]) or None
         self._place = self._state is not None
-
-
-def _fold_skip(d: Decision, norm: torch.Tensor) -> Decision:
-    """Fold a skip flag into the decision's factors (0 when skipping), without a host read."""
-    keep = (~d.skip).to(norm.dtype)
-    if d.coefs is not None:
-        return dataclasses.replace(d, coefs=d.coefs * keep)
-    if d.unit_coefs is not None:
-        return dataclasses.replace(d, unit_coefs=[keep if c is None else c * keep for c in d.unit_coefs])
-    if d.clamp is not None:
-        return d
-    return dataclasses.replace(d, coef=keep if d.coef is None else d.coef * keep)
 
 
 def _lazy_offenders(names, index, grads, flags) -> tuple:
