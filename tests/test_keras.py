@@ -119,7 +119,8 @@ def test_custom_loop_with_optimizer_apply():
 
 
 @pytest.mark.parametrize("spec", ["zclip:warmup_steps=3", "autoclip:p=20", "adagc:warmup_steps=2",
-                                  "spikeguard:window=8,min_history=3,sigma=3+norm:5.0", "maxhist:2,window=4", "agc:0.05+zclip"])
+                                  "spikeguard:window=8,min_history=3,sigma=3+norm:5.0", "maxhist:2,window=4", "agc:0.05+zclip",
+                                  "autoclip:p=50,window=3", "autoclip:p=40,window=3,scope=tensor"])
 def test_adaptive_policies_match_the_numpy_step(spec):
     """Every policy in a wrapped optimizer follows gradclip's NumPy run of the same gradients."""
     from gradclip import _step
