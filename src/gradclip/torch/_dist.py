@@ -80,6 +80,11 @@ def has_dtensor(tensors: Iterable[Any]) -> bool:
     return dt is not None and any(issubclass(k, dt) for k in kinds)
 
 
+def wanted(group: Any, groups: Any, tensors: Iterable[Any]) -> bool:
+    """Whether a drop-in must take the distributed path: caller groups, or DTensor gradients."""
+    return group is not None or groups is not None or has_dtensor(tensors)
+
+
 @dataclass(frozen=True)
 class Layout:
     """The caller's description of how gradients are spread over ranks (see :func:`layout`)."""

@@ -96,7 +96,7 @@ def get_total_norm(
     """
     p = _validate.norm_type(norm_type)
     ts = _params.tensors(tensors)
-    if group is not None or groups is not None or _dist.has_dtensor(ts):
+    if _dist.wanted(group, groups, ts):
         cfg = _dist.layout(group, groups, replicated)
         return _dist_functional.get_total_norm(cfg, ts, p, error_if_nonfinite, foreach, norm_dtype)
     norm = _measure.total_norm(ts, p, foreach, norm_dtype, _fast.flag(fast, auto=False))
@@ -223,7 +223,7 @@ def clip_grad_norm_(
     mode = _nonfinite_mode(nonfinite, error_if_nonfinite)
     named = _params.named_tensors(parameters, warn_empty_generator=True)
     _, _, grads = _params.with_grads(named)
-    if group is not None or groups is not None or _dist.has_dtensor(grads):
+    if _dist.wanted(group, groups, grads):
         cfg = _dist.layout(group, groups, replicated)
         return _dist_functional.clip_grad_norm_(cfg, named, max_norm, p, mode, foreach, norm_dtype)
     norm = _measure.total_norm(grads, p, foreach, norm_dtype, _fast.flag(fast, auto=False))
@@ -274,7 +274,7 @@ def clip_grad_value_(
     mode = _nonfinite_mode(nonfinite, False)
     named = _params.named_tensors(parameters)
     _, _, grads = _params.with_grads(named)
-    if group is not None or groups is not None or _dist.has_dtensor(grads):
+    if _dist.wanted(group, groups, grads):
         return _dist_functional.clip_grad_value_(_dist.layout(group, groups), named, c, mode, foreach)
     if mode != "propagate" and grads:
         peak = _measure.total_norm(grads, float("inf"), foreach, None)
