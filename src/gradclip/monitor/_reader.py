@@ -19,15 +19,24 @@ class RunLog:
         path: The file read.
         records: One dict per complete line, in file order.
         truncated: True when the last line was cut short (a killed run) and was skipped.
+        meta: The ``{"event": "start", ...}`` record that opened this run (``run`` label, ``time``,
+            and for ``gradclip compare`` logs ``task``, ``framework``, ``method``, ``seed``,
+            ``policy``); empty when the log has none.
+        end: The ``{"event": "end", ...}`` record that closed it (``gradclip compare`` writes
+            ``final_loss``, ``initial_loss``, ``outcome``, ``steps``...), or ``None``.
     """
 
     path: Path
     records: list[dict[str, Any]] = field(default_factory=list)
     truncated: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+    end: dict[str, Any] | None = None
 
     @property
     def label(self) -> str:
-        """A short name for legends: the ``run`` key of the first record, else the file stem."""
+        """A short name for legends: the start record's ``run``, the first record's, else the file stem."""
+        if isinstance(self.meta.get("run"), str):
+            return self.meta["run"]
         if self.records and isinstance(self.records[0].get("run"), str):
             return self.records[0]["run"]
         return self.path.stem
@@ -82,6 +91,12 @@ def read_jsonl(path: str | Path, *, warn: bool = True) -> RunLog:
             raise LogError(f"{path}:{number}: not a JSON object ({exc.msg}). Each line must be one step record.") from None
         if not isinstance(record, dict):
             raise LogError(f"{path}:{number}: expected a JSON object, found {type(record).__name__}.")
+        if "event" in record:  # start/end marks, not steps
+            if record["event"] == "start" and not log.meta:
+                log.meta = record
+            elif record["event"] == "end":
+                log.end = record
+            continue
         log.records.append(record)
     if not log.records:
         raise LogError(f"{path}: holds no complete step record.")
