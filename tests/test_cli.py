@@ -21,7 +21,7 @@ def test_compare_prints_table_and_writes_json_and_logs(tmp_path, capsys):
     ])
     assert code == 0
     stdout = capsys.readouterr().out
-    assert "yes @ step" in stdout and "norm:1.0" in stdout
+    assert "diverged @ step" in stdout and "norm:1.0" in stdout
     assert str(out_json) in stdout and "per-step logs" in stdout
     data = json.loads(out_json.read_text())
     assert [r["method"] for r in data["runs"]] == ["none", "norm:1.0"]
@@ -42,9 +42,31 @@ def test_compare_json_alone_puts_logs_and_report_beside_it(tmp_path, capsys):
     assert not (tmp_path / "b" / "report.html").exists()
 
 
+def test_without_a_terminal_one_line_per_finished_run(capsys, monkeypatch):
+    held = []  # what stderr held as each run finished: the lines come as runs finish, not at the end
+    real = cli._print_run
+    monkeypatch.setattr(cli, "_print_run", lambda *a: (held.append(sys.stderr.getvalue()), real(*a)))
+    assert cli.main(["compare", "--method", "none,norm:1.0", "--seeds", "0"]) == 0
+    err = capsys.readouterr().err  # captured stderr is not a terminal
+    lines = err.splitlines()
+    assert len(lines) == 2 and "\r" not in err
+    assert lines[0].startswith("[1/2] none seed 0: diverged at step ") and lines[0].endswith(" s")
+    assert lines[1].startswith("[2/2] norm:1.0 seed 0: ok, final loss ")
+    assert held[0] == "" and held[1] == lines[0] + "\n"
+    assert cli.main(["compare", "--method", "norm:1.0", "--seeds", "0", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_run_line():
+    run = {"method": "norm:1.0", "seed": 0, "final_loss": 0.71342, "diverged": False, "seconds": 0.52,
+           "outcome": "stalled", "test_accuracy": None}
+    assert cli.run_line(run, 3, 9) == "[3/9] norm:1.0 seed 0: stalled, final loss 0.7134, 0.5 s"
+    bad = dict(run, final_loss=None, diverged=True, first_nonfinite_step=4, outcome="diverged", test_accuracy=0.1)
+    assert cli.run_line(bad, 1, 2) == "[1/2] norm:1.0 seed 0: diverged at step 4, test acc 0.100, 0.5 s"
+    assert cli.run_line({k: v for k, v in run.items() if k != "outcome"}, 1, 1).endswith(": ok, final loss 0.7134, 0.5 s")
+
+
 def test_progress_bar_only_on_a_terminal(capsys, monkeypatch):
-    assert cli.main(["compare", "--method", "norm:1.0", "--seeds", "0"]) == 0
-    assert capsys.readouterr().err == ""  # captured stderr is not a terminal
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     assert cli.main(["compare", "--method", "norm:1.0", "--seeds", "0"]) == 0
     err = capsys.readouterr().err
@@ -96,6 +118,31 @@ def test_help_reads_well():
     assert "--method" in proc.stdout and "pertensor:1.0" in proc.stdout
 
 
+def test_compare_help_lists_every_method_and_task(capsys):
+    from gradclip import parse_policy
+    from gradclip._policies import registry
+    from gradclip.experiments import TASKS
+
+    with pytest.raises(SystemExit):
+        cli.main(["compare", "--help"])
+    text = capsys.readouterr().out
+    methods = text.split("methods (", 1)[1].split("tasks (--task)", 1)[0]
+    listed = [line.split()[0] for line in methods.splitlines() if line.startswith("  ") and line[2:3] != " "]
+    assert sorted(spec.split(":")[0] for spec in listed) == sorted(registry())  # every name, one example each
+    for spec in listed:
+        parse_policy(spec)  # every example is a valid spec
+    assert all(name in text.split("tasks (--task)", 1)[1] for name in TASKS)
+
+
+def test_top_level_help_names_every_command_with_an_example(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    for command in ("compare", "report", "suggest", "bench"):
+        assert f"gradclip {command} " in text.split("examples:", 1)[1]
+    assert "130" in text and "'gradclip COMMAND --help'" in text
+
+
 def test_no_command_prints_help_and_exits_2(capsys):
     assert cli.main([]) == 2
     assert "compare" in capsys.readouterr().out
@@ -128,5 +175,20 @@ def test_compare_table_marks_divergence_and_summarises():
         ],
     }
     text = compare_table(result)
-    assert "yes @ step 4" in text and "75.0" in text
-    assert "1/1" in text and "0/1" in text
+    assert "diverged @ step 4" in text and "75.0" in text
+    assert "(1/1 ok)" in text and "(0/1 ok)" in text
+
+
+def test_compare_table_means_only_ok_runs_and_names_each_outcome():
+    base = {"method": "autoclip", "initial_loss": 2.3e4, "diverged": False, "first_nonfinite_step": None,
+            "max_grad_norm": 1e13, "clipped_fraction": 0.75, "seconds": 0.5, "steps": 400}
+    runs = [dict(base, seed=0, final_loss=1.76e12, outcome="exploded"),
+            dict(base, seed=1, final_loss=2.3e4, outcome="stalled"),
+            dict(base, seed=2, final_loss=0.8, outcome="ok")]
+    text = compare_table({"task": "regression", "framework": "torch", "runs": runs})
+    rows = text.splitlines()
+    assert any("exploded" in r for r in rows) and any("stalled" in r for r in rows)
+    summary = next(r for r in rows if r.startswith("autoclip") and "ok 1" in r)
+    assert "exploded 1" in summary and "stalled 1" in summary
+    assert "0.8 (1/3 ok)" in summary  # the 1.76e12 and 2.3e4 runs are not averaged in
+    assert "exploded = final loss > 10x" in text

@@ -12,7 +12,7 @@ from gradclip.experiments import compare, get_task
 
 RUN_KEYS = {
     "method", "seed", "final_loss", "initial_loss", "diverged", "first_nonfinite_step", "steps",
-    "clipped_fraction", "max_grad_norm", "seconds", "test_accuracy", "log",
+    "clipped_fraction", "max_grad_norm", "seconds", "test_accuracy", "log", "outcome",
 }
 
 
@@ -63,12 +63,15 @@ def test_results_follow_the_documented_schema(default_result):
         assert isinstance(run["diverged"], bool)
 
 
+def _read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def test_per_step_logs_have_one_line_per_step(default_result):
     result, log_dir = default_result
     files = sorted(log_dir.glob("*.jsonl"))
     assert len(files) == 9
-    norm_log = log_dir / "regression__norm_1.0__seed0.jsonl"
-    lines = [json.loads(line) for line in norm_log.read_text().splitlines()]
+    lines = [r for r in _read(log_dir / "regression__norm_1.0__seed0.jsonl") if "event" not in r]
     assert len(lines) == 400
     assert {"step", "epoch", "loss", "norm", "clipped_norm", "coef", "clipped"} <= set(lines[0])
     assert [r["step"] for r in lines] == list(range(400))
@@ -76,10 +79,48 @@ def test_per_step_logs_have_one_line_per_step(default_result):
         assert rec["clipped_norm"] <= 1.0 + 1e-6 or not rec["clipped"]
         if rec["clipped"]:
             assert rec["clipped_norm"] == pytest.approx(rec["norm"] * rec["coef"], rel=1e-5)
-    none_log = log_dir / "regression__none__seed0.jsonl"
-    none_lines = [json.loads(line) for line in none_log.read_text().splitlines()]
+    none_lines = [r for r in _read(log_dir / "regression__none__seed0.jsonl") if "event" not in r]
     run = next(r for r in result["runs"] if r["method"] == "none" and r["seed"] == 0)
     assert len(none_lines) == run["first_nonfinite_step"] + 1  # the failing step is logged too
+
+
+def test_logs_open_with_the_run_and_close_with_the_numbers_the_cli_prints(default_result):
+    result, log_dir = default_result
+    for run in result["runs"]:
+        lines = _read(log_dir / run["log"].rsplit("/", 1)[-1])
+        start, end = lines[0], lines[-1]
+        assert start["event"] == "start" and start["task"] == "regression" and start["framework"] == "torch"
+        assert (start["method"], start["seed"], start["run"]) == (run["method"], run["seed"], f"{run['method']} seed {run['seed']}")
+        assert end["event"] == "end"
+        for key in ("final_loss", "initial_loss", "steps", "outcome", "first_nonfinite_step"):
+            assert end[key] == run[key], key
+
+
+def test_step_records_carry_per_layer_gradient_norms(default_result):
+    _, log_dir = default_result
+    rec = _read(log_dir / "regression__norm_1.0__seed0.jsonl")[1]
+    assert sorted(rec["layers"]) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+    total = math.sqrt(sum(v["grad_norm"] ** 2 for v in rec["layers"].values()))
+    assert total == pytest.approx(rec["norm"], rel=1e-5)
+
+
+def test_every_run_has_one_outcome(default_result):
+    result, _ = default_result
+    outcomes = {(r["method"], r["outcome"]) for r in result["runs"]}
+    assert outcomes == {("none", "diverged"), ("value:1.0", "ok"), ("norm:1.0", "ok")}
+
+
+@pytest.mark.parametrize(("initial", "final", "diverged", "outcome"), [
+    (2.3e4, 1.76e12, False, "exploded"), (2.3e4, 2.33e4, False, "stalled"), (2.3e4, 0.7, False, "ok"),
+    (2.3e4, float("nan"), False, "diverged"), (2.3e4, 0.7, True, "diverged"),
+])
+def test_a_run_is_judged_by_its_loss_not_only_by_nan(initial, final, diverged, outcome):
+    from gradclip.experiments._results import finish
+
+    r = finish("m", 0, initial=initial, final=final, accuracy=None, first_bad=3 if diverged else None, steps=10,
+               clipped=0, max_norm=1.0, seconds=0.1)
+    assert r.outcome == outcome and r.to_json()["outcome"] == outcome
+    assert r.diverged is (outcome == "diverged")
 
 
 def test_runs_are_reproducible_per_seed():

@@ -263,7 +263,7 @@ def test_gradient_monitor_writes_jsonl_and_tensorboard(tmp_path):
     log = tmp_path / "grads.jsonl"
     cb = gck.GradientMonitor([f"jsonl:{log}", f"tensorboard:{tmp_path / 'tb'}"], per_layer=True)
     model.fit(X, Y, batch_size=8, epochs=2, verbose=0, callbacks=[cb])
-    records = [json.loads(line) for line in log.read_text().splitlines()]
+    records = [r for r in map(json.loads, log.read_text().splitlines()) if "event" not in r]
     assert len(records) == 8 and [r["step"] for r in records] == list(range(8))
     assert records[-1]["epoch"] == 1 and records[0]["lr"] == pytest.approx(0.01)
     assert all(r["clipped"] for r in records) and records[0]["clipped_norm"] == pytest.approx(1.0, rel=1e-5)
@@ -275,6 +275,61 @@ def test_gradient_monitor_writes_jsonl_and_tensorboard(tmp_path):
 
     page = build_report(log, tmp_path / "report.html").read_text()
     assert "Per-tensor gradient norms" in page and "<img" in page  # the same report as for torch, with the heatmap
+
+
+def _batch_losses(model, x, y, batch_size):
+    """Each batch's mean squared error in float64, for weights that do not move (learning rate 0)."""
+    err = keras.ops.convert_to_numpy(model(x)).astype(np.float64) - y
+    per_sample = (err ** 2).mean(axis=1)
+    return [(per_sample[i:i + batch_size].sum(), len(per_sample[i:i + batch_size]))
+            for i in range(0, len(x), batch_size)]
+
+
+@pytest.mark.parametrize("mode", ["batch", "accumulation", "steps_per_execution"])
+def test_gradient_monitor_logs_each_batch_loss_not_the_running_mean(tmp_path, mode):
+    # lr 0 keeps the weights, so every batch's loss is known; batch 1 of 4 has a 30x target (a loss
+    # spike) and the last batch is smaller (32 = 10 + 10 + 10 + 2): Keras's logs["loss"] is the
+    # sample-weighted running mean of the epoch, which smooths the spike away and restarts each epoch.
+    y = Y.copy()
+    y[10:20] *= 30
+    group = 1 if mode == "batch" else 2
+    model = _model()
+    opt = keras.optimizers.SGD(0.0, gradient_accumulation_steps=2 if mode == "accumulation" else None)
+    model.compile(optimizer=gck.wrap(opt, "norm:1.0"), loss="mse",
+                  steps_per_execution=2 if mode == "steps_per_execution" else 1)
+    records, running = [], []
+
+    class Running(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            running.append(logs["loss"])
+
+    model.fit(X, y, batch_size=10, epochs=2, shuffle=False, verbose=0,
+              callbacks=[gck.GradientMonitor([records.append]), Running()])
+    batches = _batch_losses(model, X, y, 10)
+    groups = [batches[i:i + group] for i in range(0, len(batches), group)]
+    expected = [sum(t for t, _ in g) / sum(n for _, n in g) for g in groups]
+    # the documented bound: float32 rounding of Keras's running total, 2**-23 * total / samples
+    so_far = np.cumsum([sum(t for t, _ in g) for g in groups])
+    bound = [2.0 ** -23 * total / sum(n for _, n in g) for total, g in zip(so_far, groups)]
+    assert [r["epoch"] for r in records] == [0] * len(expected) + [1] * len(expected)
+    got = np.array([r["loss"] for r in records])
+    assert np.all(np.abs(got - expected * 2) <= np.array(bound * 2) + 1e-6 * np.array(expected * 2)), (got, expected)
+    if mode == "batch":  # the spike is there, the next batch is back down, and epoch 1 repeats epoch 0
+        assert records[1]["loss"] > 100 * records[2]["loss"]
+        assert not np.allclose(running, expected * 2, rtol=1e-3)  # what was logged before: the running mean
+
+
+def test_gradient_monitor_appends_to_an_existing_log_with_a_start_record(tmp_path):
+    from gradclip.monitor import read_runs
+
+    log = tmp_path / "a" / "grads.jsonl"
+    for run in ("first", "second"):
+        model = _model()
+        model.compile(optimizer=gck.wrap(keras.optimizers.SGD(0.01), "norm:1.0"), loss="mse")
+        model.fit(X, Y, batch_size=8, epochs=1, verbose=0, callbacks=[gck.GradientMonitor([f"jsonl:{log}"], run=run)])
+    runs = read_runs(log)
+    assert [r.label for r in runs] == ["first", "second"] and [len(r.records) for r in runs] == [4, 4]
+    assert runs[1].meta["resumed"] is True and runs[0].end["steps"] == 4
 
 
 def test_gradient_monitor_needs_a_wrapped_optimizer():

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 import gradclip  # noqa: E402
 import gradclip.torch as gct  # noqa: E402
-from gradclip.monitor import Monitor, SpikeDetector  # noqa: E402
+from gradclip.monitor import Monitor, SpikeDetector, read_jsonl, read_runs  # noqa: E402
 from conftest import tiny_model  # noqa: E402
 
 KEYS = {"step", "norm", "clipped_norm", "threshold", "coef", "clipped", "skipped", "nonfinite", "loss", "lr",
@@ -224,6 +224,8 @@ def test_attach_records_every_clipper_step():
     ({"per_layer": "always"}, "per_layer"),
     ({"flush_every": 0}, "flush_every"),
     ({"include": [3]}, "include"),
+    ({"overwrite": "yes"}, "overwrite must be True .* Received: 'yes'"),
+    ({"run": ""}, "run must be a non-empty string"),
 ])
 def test_bad_options_raise_config_error(kwargs, match):
     with pytest.raises(gradclip.ConfigError, match=match):
@@ -235,3 +237,67 @@ def test_step_needs_parameters_or_stats():
         Monitor().step()
     with pytest.raises(gradclip.InputTypeError, match="ClipStats"):
         Monitor().step(tiny_model(), clip_stats={"norm": 1.0})
+
+
+# -- run labels and several runs in one log -------------------------------------------------------
+
+
+def _log(path, run=None, steps=3, **kwargs):
+    """A Monitor writing ``steps`` records of the tiny MLP to a JSONL file."""
+    with Monitor(sinks=[f"jsonl:{path}"], run=run, **kwargs) as monitor:
+        _train(monitor, steps=steps, clipper=gct.Clipper("norm:1.0"))
+    return monitor
+
+
+def test_default_label_is_the_log_folder_and_stem(tmp_path):
+    assert _log(tmp_path / "a" / "grads.jsonl").label == "a/grads"
+    assert Monitor(sinks=[f"csv:{tmp_path / 'b' / 'grads.csv'}"]).label == "b/grads"
+    assert Monitor(sinks=[lambda r: None], run="baseline").label == "baseline"
+    assert read_runs(tmp_path / "a" / "grads.jsonl")[0].meta["run"] == "a/grads"
+
+
+def test_a_summary_of_two_grads_jsonl_in_different_folders_has_two_labels(tmp_path):
+    from gradclip.report import summarize
+
+    a, b = tmp_path / "runs" / "a" / "grads.jsonl", tmp_path / "runs" / "b" / "grads.jsonl"
+    _log(a)
+    _log(b)
+    assert [row["label"] for row in summarize([a, b])] == ["a/grads", "b/grads"]
+    # logs of older versions (no start record, no run key) fall back to the same parent/stem label
+    for path in (a, b):
+        path.write_text("".join(line + "\n" for line in path.read_text().splitlines() if '"event"' not in line))
+    assert [row["label"] for row in summarize([a, b])] == ["a/grads", "b/grads"]
+
+
+def test_a_resumed_log_reads_back_as_two_runs_and_reports_both(tmp_path):
+    from gradclip.report import summarize
+
+    path = tmp_path / "a" / "grads.jsonl"
+    _log(path, steps=4)
+    _log(path, steps=2)
+    first, second = read_runs(path)
+    assert (first.label, second.label) == ("a/grads", "a/grads #2")
+    assert [len(first.records), len(second.records)] == [4, 2]
+    assert "resumed" not in first.meta and second.meta["resumed"] is True
+    assert (first.end["steps"], second.end["steps"]) == (4, 2) and first.end["event"] == "end"
+    assert [r["step"] for r in second.records] == [0, 1]
+    whole = read_jsonl(path)  # one RunLog for the file: every step record, in file order
+    assert len(whole.records) == 6 and whole.meta == first.meta and whole.end == second.end
+    assert [(row["label"], row["steps"]) for row in summarize(path)] == [("a/grads", 4), ("a/grads #2", 2)]
+
+
+def test_read_runs_keeps_older_steps_before_the_first_start_record(tmp_path):
+    path = tmp_path / "old.jsonl"
+    path.write_text('{"step": 0, "norm": 1.0}\n{"step": 1, "norm": 2.0}\n')
+    _log(path, run="new", steps=2)
+    old, new = read_runs(path)
+    assert old.meta == {} and len(old.records) == 2 and old.end is None
+    assert new.label == "new" and new.meta["resumed"] is True and len(new.records) == 2
+    assert all(r["run"] == "new" for r in new.records)
+
+
+def test_runs_with_different_labels_keep_them(tmp_path):
+    path = tmp_path / "shared.jsonl"
+    _log(path, run="lr=0.1")
+    _log(path, run="lr=0.01")
+    assert [run.label for run in read_runs(path)] == ["lr=0.1", "lr=0.01"]

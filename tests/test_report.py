@@ -1,4 +1,5 @@
-"""The HTML report: summary numbers vs NumPy, self-contained page, NaN marks, bad logs, CLI exit codes."""
+"""The HTML report: summary numbers vs NumPy, self-contained page, NaN marks, bad logs, CLI exit codes,
+and a report that reads well with 1 run or 27 (seeds grouped, robust axes, one definition of spike)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from gradclip._errors import InputTypeError, LogError  # noqa: E402
-from gradclip.monitor import read_jsonl  # noqa: E402
+from gradclip.monitor import RunLog, read_jsonl  # noqa: E402
+from gradclip.monitor._spike import SpikeDetector  # noqa: E402
 from gradclip.report import build_report, summarize  # noqa: E402
 from gradclip.report._cli import add_report_parser, add_suggest_parser, run_report, run_suggest  # noqa: E402
-from gradclip.report._data import series  # noqa: E402
+from gradclip.report._data import series, summarize_methods  # noqa: E402
 from gradclip.report._plots import norm_figure, rolling_rate  # noqa: E402
 
 NAN_STEP = 37
@@ -76,8 +78,8 @@ def test_summary_numbers_match_numpy(tmp_path):
     recs = synthetic_records("a", n=80, nan_at=NAN_STEP)
     row = summarize([write_log(tmp_path / "a.jsonl", recs)])[0]
     norms = np.array([r["norm"] for r in recs if r["norm"] is not None])
-    assert row["label"] == "a" and row["steps"] == 80
-    assert row["clipped_pct"] == pytest.approx(100 * np.mean([r["clipped"] for r in recs]))
+    assert row["label"] == "a" and row["logged_steps"] == 80 and row["steps"] == NAN_STEP  # optimizer steps
+    assert row["clipped_pct"] == pytest.approx(100 * np.mean([r["clipped"] for r in recs[:NAN_STEP]]))
     for p in (50, 90, 99):
         assert row[f"norm_p{p}"] == pytest.approx(np.percentile(norms, p), rel=1e-12)
     assert row["norm_max"] == pytest.approx(norms.max())
@@ -85,7 +87,8 @@ def test_summary_numbers_match_numpy(tmp_path):
     assert row["nonfinite_steps"] == 80 - NAN_STEP
     assert row["first_nonfinite_step"] == NAN_STEP
     assert row["first_offender"] == "lstm.weight_hh shape=(64, 16) nan=3 inf=1"
-    assert row["final_loss"] is None and row["last_finite_loss"] == pytest.approx(2.0 / NAN_STEP)
+    assert row["outcome"] == "diverged" and row["spikes_source"] == "log"
+    assert row["final_loss"] is None and row["last_batch_loss"] == pytest.approx(2.0 / NAN_STEP)
 
 
 def test_summary_of_a_run_with_only_null_norms(tmp_path):
@@ -114,7 +117,7 @@ def test_report_is_self_contained_with_all_sections(tmp_path):
     plots = [a for t, a in page.tags if t == "figure"]
     assert [p["id"] for p in plots] == ["plot-norm", "plot-loss", "plot-clip-rate", "plot-layers-0"]
     assert len(imgs) == len(plots)  # one image per plot
-    assert text.count("<tr>") + text.count('<tr class="bad">') == 3  # header + one row per run
+    assert len(page.find("tr")) == 3  # header + one row per run
     assert "run-a" in text and "run-b" in text
 
 
@@ -123,20 +126,19 @@ def test_overlay_legend_names_both_runs(tmp_path):
     b = write_log(tmp_path / "b.jsonl", synthetic_records("run-b", seed=1))
     fig = norm_figure([series(read_jsonl(a)), series(read_jsonl(b))])
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert any(t.startswith("run-a") for t in legend) and any(t.startswith("run-b") for t in legend)
-    assert "run-a: threshold" in legend and "run-a: post-clip norm" in legend
-    assert any(t.startswith("run-a: spike") for t in legend)
+    assert "run-a" in legend and "run-b" in legend
+    assert {"post-clip norm", "global-norm threshold", "spike"} <= set(legend)
 
 
 def test_nan_run_is_marked_where_it_exploded(tmp_path):
     log = write_log(tmp_path / "boom.jsonl", synthetic_records("boom", nan_at=NAN_STEP))
     fig = norm_figure([series(read_jsonl(log))])
     notes = [t.get_text() for t in fig.axes[0].texts]
-    assert any(f"non-finite @ step {NAN_STEP}" in t and "boom" in t for t in notes)
+    assert any(t.startswith("boom: ") and f"non-finite @ step {NAN_STEP}" in t for t in notes)
     assert any(line.get_xdata()[0] == NAN_STEP and line.get_linestyle() == "--" for line in fig.axes[0].lines)
     text = build_report([log], tmp_path / "r.html").read_text(encoding="utf-8")
     assert 'id="warnings"' in text and f"non-finite at step {NAN_STEP}" in text and "lstm.weight_hh" in text
-    assert '<tr class="bad">' in text
+    assert '<tr class="o-diverged">' in text
 
 
 def test_wide_range_uses_log_scale(tmp_path):
@@ -159,13 +161,13 @@ def test_truncated_last_line_still_reports_with_a_warning(tmp_path):
         out = build_report([log], tmp_path / "r.html")
     text = out.read_text(encoding="utf-8")
     assert "last line was truncated" in text
-    assert summarize([read_jsonl(log, warn=False)])[0]["steps"] == 20
+    assert summarize([read_jsonl(log, warn=False)])[0]["logged_steps"] == 20
 
 
 def test_no_loss_no_layers_gives_fewer_plots(tmp_path):
     log = write_log(tmp_path / "bare.jsonl", [{"step": i, "norm": 1.0 + (i % 3)} for i in range(10)])
     page = parse(build_report(log, tmp_path / "r.html"))
-    assert [a["id"] for a in page.find("figure")] == ["plot-norm", "plot-clip-rate"]
+    assert [a["id"] for a in page.find("figure")] == ["plot-norm"]  # never clipped: a sentence, no plot
 
 
 def test_bad_arguments_are_typed_errors(tmp_path):
@@ -175,6 +177,114 @@ def test_bad_arguments_are_typed_errors(tmp_path):
         summarize([3])
     with pytest.raises(LogError, match="no such file"):
         summarize([tmp_path / "missing.jsonl"])
+
+
+def method_runs(method: str, seeds: int = 3, n: int = 60, diverge_at: int | None = None, layers: bool = False,
+                clip: str = "sometimes") -> list[RunLog]:
+    """RunLogs as ``gradclip compare`` writes them (start meta, end result), built in memory.
+
+    ``diverge_at``: the norm and loss grow by 1e3 per step from there and the next step is
+    non-finite. ``clip``: ``"always"``, ``"never"`` or ``"sometimes"`` (norm above 1.5).
+    """
+    out = []
+    for seed in range(seeds):
+        recs = synthetic_records(f"{method} seed {seed}", n=n, seed=seed, layers=layers)
+        for r in recs:
+            r.pop("spike")  # compare logs carry no spike flag
+            r["clipped"] = {"always": True, "never": False}.get(clip, r["clipped"])
+        if diverge_at is not None:
+            recs = recs[:diverge_at + 2]
+            for k, r in enumerate(recs[diverge_at:-1], start=1):
+                r.update(norm=10.0 ** (3 * k + 3), clipped_norm=10.0 ** (3 * k + 3), loss=10.0 ** (3 * k + 4))
+            recs[-1].update(norm=None, clipped_norm=None, loss=None, clipped=False, nonfinite=True)
+        final = None if diverge_at is not None else 0.05
+        end = {"event": "end", "final_loss": final, "initial_loss": 2.0, "steps": len(recs) - (diverge_at is not None),
+               "outcome": "diverged" if diverge_at is not None else "ok"}
+        meta = {"event": "start", "run": f"{method} seed {seed}", "method": method, "seed": seed, "policy": method}
+        out.append(RunLog(Path(f"{method}_{seed}.jsonl"), recs, meta=meta, end=end))
+    return out
+
+
+def _legend(fig) -> list[str]:
+    return [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+
+
+def test_seeds_of_a_method_share_one_legend_entry():
+    methods = ["none", "norm:1.0", "zclip"]
+    runs = [series(log) for m in methods for log in method_runs(m)]
+    legend = _legend(norm_figure(runs))
+    for m in methods:
+        assert sum(t.split(" (")[0] == m for t in legend) == 1, legend
+    assert not any(" seed " in t for t in legend)  # no entry per seed
+
+
+def test_a_run_that_blew_up_does_not_set_the_y_range_and_is_marked_once():
+    runs = [series(log) for log in method_runs("norm:1.0") + method_runs("none", diverge_at=5)]
+    ax = norm_figure(runs).axes[0]
+    assert max(s.norm[np.isfinite(s.norm)].max() for s in runs) >= 1e15
+    assert ax.get_ylim()[1] < 1e3  # set by the ok runs (norms of a few units), with head room for the label
+    notes = [t.get_text() for t in ax.texts]
+    assert notes == ["none: non-finite @ step 7 (3 of 3 runs)"]  # once per method, not per seed
+
+
+def test_no_threshold_line_for_value_clipping():
+    value = norm_figure([series(log) for log in method_runs("value:1.0", seeds=1)]).axes[0]
+    norm = norm_figure([series(log) for log in method_runs("norm:1.0", seeds=1)]).axes[0]
+    assert not [line for line in value.lines if line.get_linestyle() == ":"]
+    assert [line for line in norm.lines if line.get_linestyle() == ":"]
+    assert "global-norm threshold" not in _legend(value.figure)
+
+
+def test_clip_rate_plot_absent_when_every_rate_is_constant(tmp_path):
+    logs = method_runs("norm:1.0", clip="always") + method_runs("none", clip="never")
+    text = build_report(logs, tmp_path / "r.html").read_text(encoding="utf-8")
+    page = parse(tmp_path / "r.html")
+    assert "plot-clip-rate" not in {a.get("id") for a in page.find("figure")}
+    assert "norm:1.0 clipped every step; none never clipped." in text
+    mixed = build_report(logs + method_runs("autoclip:p=10"), tmp_path / "m.html")
+    assert "plot-clip-rate" in {a.get("id") for a in parse(mixed).find("figure")}
+
+
+def test_one_heatmap_per_method_when_records_carry_layers(tmp_path):
+    logs = method_runs("norm:1.0", layers=True) + method_runs("zclip", layers=True) + method_runs("none")
+    page = parse(build_report(logs, tmp_path / "r.html"))
+    maps = [a["id"] for a in page.find("figure") if a["id"].startswith("plot-layers")]
+    assert maps == ["plot-layers-0", "plot-layers-1"]
+    alts = [a["alt"] for a in page.find("img") if "Per-tensor" in a["alt"]]
+    assert alts == ["Per-tensor gradient norms: norm:1.0", "Per-tensor gradient norms: zclip"]
+
+
+def test_spikes_are_scored_by_the_monitor_detector_when_the_log_has_no_flags():
+    recs = [{"step": i, "norm": 1.0 + 0.1 * (i % 3), "loss": 1.0} for i in range(40)]
+    recs[30]["norm"] = 50.0
+    row = summarize([RunLog(Path("flagless.jsonl"), recs)])[0]
+    detector = SpikeDetector()
+    expected = sum(detector.update(r["norm"])[0] for r in recs)
+    assert row["spikes"] == expected == 1 and row["spikes_source"] == "detector"
+    short = summarize(method_runs("none", seeds=1, diverge_at=3))[0]
+    assert short["spikes"] is None and short["spikes_note"] == "n/a: 5 finite norms"
+    assert summarize_methods([short])[0]["spikes"] is None
+
+
+def test_final_loss_and_steps_come_from_the_end_record(tmp_path):
+    recs = [{"step": i, "norm": 2.0, "loss": 300.0 - i, "clipped": True} for i in range(5)]
+    recs[-1]["loss"] = 208.8
+    end = {"event": "end", "final_loss": 164.0, "initial_loss": 2.3e4, "steps": 5, "outcome": "ok"}
+    log = RunLog(Path("v.jsonl"), recs, meta={"method": "value:1.0", "policy": "value:1.0"}, end=end)
+    row = summarize([log])[0]
+    assert (row["final_loss"], row["last_batch_loss"], row["steps"], row["logged_steps"]) == (164.0, 208.8, 5, 5)
+    text = build_report([log], tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "final loss (train set)" in text and "last finite batch loss" in text and "optimizer steps" in text
+    assert "<td class=\"\">164</td>" in text
+
+
+def test_method_summary_means_over_ok_runs_only(tmp_path):
+    logs = method_runs("norm:1.0")
+    logs[2].end = {**logs[2].end, "final_loss": 1e6, "outcome": "exploded"}
+    m = summarize_methods(summarize(logs))[0]
+    assert (m["runs"], m["ok"], m["outcomes"], m["mean_final_loss"]) == (3, 2, {"exploded": 1, "ok": 2}, 0.05)
+    text = build_report(logs, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "0.05 (2 of 3 ok)" in text and 'class="o-exploded"' in text and "2 ok, 1 exploded" in text
 
 
 def _cli(argv: list[str]) -> int:

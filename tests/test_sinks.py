@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ torch = pytest.importorskip("torch")
 
 import gradclip  # noqa: E402
 import gradclip.torch as gct  # noqa: E402
-from gradclip.monitor import SCALAR_KEYS, Monitor, read_jsonl  # noqa: E402
+from gradclip.monitor import SCALAR_KEYS, Monitor, read_jsonl, read_runs  # noqa: E402
 from conftest import tiny_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +66,77 @@ def test_csv_round_trip(tmp_path):
             expected = rec.get(key)
             assert (json.loads(row[key]) if row[key] else None) == expected, key
     assert rows[3]["nonfinite"] == "true" and rows[3]["norm"] == ""
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_jsonl_appends_to_an_existing_log_and_marks_the_restart(tmp_path):
+    path = tmp_path / "a" / "grads.jsonl"
+    first = _run([f"jsonl:{path}"], steps=5, run="first")
+    second = _run([f"jsonl:{path}"], steps=3, run="second")
+    lines = _lines(path)
+    assert [line.get("event") for line in lines] == ["start"] + [None] * 5 + ["end", "start"] + [None] * 3 + ["end"]
+    start, restart = lines[0], lines[7]
+    assert start["run"] == "first" and "resumed" not in start
+    assert restart == {"event": "start", "run": "second", "time": restart["time"], "resumed": True}
+    stamp = datetime.datetime.fromisoformat(restart["time"])
+    assert stamp.utcoffset() == datetime.timedelta(0)
+    assert abs((datetime.datetime.now(datetime.timezone.utc) - stamp).total_seconds()) < 60
+    assert lines[6] == {"event": "end", "run": "first", "time": lines[6]["time"], "steps": 5}
+    runs = read_runs(path)
+    assert [run.records for run in runs] == [first, second] and runs[1].meta == restart
+    assert read_jsonl(path).records == first + second  # every step record, none lost
+
+
+def test_overwrite_true_truncates_and_a_bad_value_is_a_config_error(tmp_path):
+    path = tmp_path / "grads.jsonl"
+    _run([f"jsonl:{path}"], steps=5)
+    again = _run([f"jsonl:{path}"], steps=2, overwrite=True)
+    runs = read_runs(path)
+    assert len(runs) == 1 and runs[0].records == again and "resumed" not in runs[0].meta
+    with pytest.raises(gradclip.ConfigError, match="overwrite must be True"):
+        Monitor(sinks=[f"jsonl:{path}"], overwrite="w")
+    assert len(read_runs(path)[0].records) == 2  # a bad option touches nothing
+
+
+def test_appending_after_a_killed_run_keeps_its_lines_and_ends_the_cut_one(tmp_path):
+    path = tmp_path / "grads.jsonl"
+    first = _run([f"jsonl:{path}"], steps=4)
+    path.write_text(path.read_text() + '{"step": 4, "no')  # killed in the middle of a line
+    second = _run([f"jsonl:{path}"], steps=2)
+    with pytest.warns(UserWarning, match="truncated"):
+        killed, resumed = read_runs(path)
+    assert killed.truncated and killed.records == first
+    assert not resumed.truncated and resumed.records == second and resumed.meta["resumed"] is True
+    with pytest.warns(UserWarning, match="truncated"):
+        assert read_jsonl(path).records == first + second
+
+
+def test_a_bad_line_in_the_middle_of_a_run_is_still_an_error(tmp_path):
+    path = tmp_path / "grads.jsonl"
+    _run([f"jsonl:{path}"], steps=2)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([*lines[:2], "not json", *lines[2:]]) + "\n")
+    with pytest.raises(gradclip.LogError, match=r"grads.jsonl:3: not a JSON object"):
+        read_runs(path)
+
+
+def test_csv_appends_and_starts_each_run_with_a_header_line(tmp_path):
+    path = tmp_path / "grads.csv"
+    first = _run([f"csv:{path}"], steps=3)
+    path.write_text(path.read_text() + "3,0,1.5")  # a row cut short by a kill
+    second = _run([f"csv:{path}"], steps=2)
+    lines = path.read_text().splitlines()
+    header = ",".join(SCALAR_KEYS)
+    assert [i for i, line in enumerate(lines) if line == header] == [0, 5]
+    assert lines[4] == "3,0,1.5" and len(lines) == 1 + 3 + 1 + 1 + 2
+    with open(path, newline="") as fh:
+        rows = [row for row in csv.reader(fh)]
+    assert [int(row[0]) for row in rows[1:4] + rows[6:]] == [r["step"] for r in first + second]
+    _run([f"csv:{path}"], steps=1, overwrite=True)
+    assert path.read_text().splitlines()[0] == header and len(path.read_text().splitlines()) == 2
 
 
 def test_callback_receives_every_record_and_objects_with_write_work():

@@ -42,7 +42,7 @@ def _norm_sequence(n=300, seed=0):
 @pytest.mark.parametrize(("window", "min_history", "sigma"), [(16, 8, 3.0), (128, 64, 6.0), (5, 2, 1.0)])
 def test_numpy_policy_matches_oracle(window, min_history, sigma):
     norms = _norm_sequence()
-    policy = SpikeGuard(window=window, min_history=min_history, sigma=sigma)
+    policy = SpikeGuard(window=window, min_history=min_history, sigma=sigma, max_norm=None)
     state = policy.init_state(np.float64(0), NumpyOps)
     for g, (spike, limit) in zip(norms, spike_oracle(list(norms), window, min_history, sigma)):
         d, state = policy.decide(Measurement(norm=np.float64(g), finite=np.isfinite(g)), state, NumpyOps)
@@ -64,7 +64,7 @@ def _run_torch(policy, norms, nonfinite="propagate"):
 def test_torch_clipper_skips_spikes_and_zeroes_them():
     norms = _norm_sequence()
     expected = spike_oracle(list(norms), 16, 8, 3.0)
-    results, _ = _run_torch(SpikeGuard(16, 8, 3.0), norms, nonfinite="skip")
+    results, _ = _run_torch(SpikeGuard(16, 8, 3.0, max_norm=None), norms, nonfinite="skip")
     assert sum(s for s, _ in expected) >= 3
     for (stats, grad), (spike, _), g in zip(results, expected, norms):
         if not math.isfinite(g):
@@ -80,7 +80,7 @@ def test_torch_clipper_skips_spikes_and_zeroes_them():
 def test_clip_mode_clips_to_the_limit():
     norms = _norm_sequence()
     expected = spike_oracle(list(norms), 16, 8, 3.0)
-    results, _ = _run_torch(SpikeGuard(16, 8, 3.0, on_spike="clip"), norms, nonfinite="skip")
+    results, _ = _run_torch(SpikeGuard(16, 8, 3.0, on_spike="clip", max_norm=None), norms, nonfinite="skip")
     for (stats, grad), (spike, limit) in zip(results, expected):
         if spike:
             assert not bool(stats.skipped)
@@ -113,7 +113,7 @@ def test_bad_hyper_parameters(kwargs):
 
 
 def test_chain_skip_freezes_later_members_and_composes_factors():
-    policy = chain(SpikeGuard(16, 8, 3.0), gradclip.GlobalNorm(0.5))
+    policy = chain(SpikeGuard(16, 8, 3.0, max_norm=None), gradclip.GlobalNorm(0.5))
     assert gradclip.parse_policy(policy.spec()) == policy
     norms = _norm_sequence()
     expected = spike_oracle(list(norms), 16, 8, 3.0)
@@ -156,7 +156,7 @@ def test_chain_refuses_value_and_short_chains():
 
 
 def test_constant_history_has_zero_std_so_anything_above_the_mean_is_a_spike():
-    policy = SpikeGuard(window=4, min_history=3, sigma=6.0)
+    policy = SpikeGuard(window=4, min_history=3, sigma=6.0, max_norm=None)
     state = policy.init_state(np.float64(0), NumpyOps)
     for g in [2.0, 2.0, 2.0]:
         d, state = policy.decide(Measurement(norm=np.float64(g)), state, NumpyOps)
@@ -168,7 +168,7 @@ def test_constant_history_has_zero_std_so_anything_above_the_mean_is_a_spike():
 
 
 def test_zero_gradients_are_never_spikes_and_enter_the_window():
-    results, clipper = _run_torch(SpikeGuard(window=4, min_history=2, sigma=1.0), [0.0, 0.0, 0.0, 0.0])
+    results, clipper = _run_torch(SpikeGuard(window=4, min_history=2, sigma=1.0, max_norm=None), [0.0, 0.0, 0.0, 0.0])
     assert not any(bool(s.skipped) for s, _ in results)
     state = clipper.state_dict()["state"]
     assert float(state["count"]) == 4.0 and float(state["norms"].abs().sum()) == 0.0

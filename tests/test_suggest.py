@@ -36,7 +36,7 @@ def test_candidates_match_numpy():
     norms = np.random.default_rng(0).lognormal(0.0, 0.5, 300)
     advice = suggest(_log(norms))
     cands = {c["name"]: c for c in advice["candidates"]}
-    for p in (10, 25, 50, 90):
+    for p in (10, 25, 50, 90, 99):
         assert cands[f"p{p}"]["threshold"] == pytest.approx(np.percentile(norms, p), rel=1e-12)
     assert cands["mean_x5"]["threshold"] == pytest.approx(5 * norms.mean())
     assert cands["mean_x10"]["threshold"] == pytest.approx(10 * norms.mean())
@@ -47,17 +47,19 @@ def test_candidates_match_numpy():
     assert advice["norm"]["mean"] == pytest.approx(norms.mean())
 
 
-def test_stable_run_recommends_p90_and_the_spec_is_usable():
-    norms = np.random.default_rng(1).lognormal(0.0, 0.3, 200)
+def test_healthy_unclipped_run_caps_only_the_spikes():
+    # a healthy run: the pick must not clip ordinary steps (the old p90 pick clipped 10% and called them spikes)
+    norms = np.random.default_rng(1).lognormal(0.0, 0.3, 300)
+    norms[[120, 250]] = 40.0  # two real spikes
     advice = suggest(_log(norms))
     rec = advice["recommended"]
-    assert not advice["exploded"] and rec["name"] == "p90"
-    assert rec["threshold"] == pytest.approx(np.percentile(norms, 90), rel=5e-3)
-    assert rec["fraction_clipped"] == pytest.approx(np.mean(norms > rec["threshold"]))
+    assert advice["kind"] == ["unclipped"] and rec["name"] == "max_nonspike" and not rec["verified"]
+    assert rec["fraction_clipped"] == pytest.approx(2 / 300)
+    assert np.sort(norms)[-3] <= rec["threshold"] < 40.0
     policy = gradclip.parse_policy(rec["spec"])
     assert isinstance(policy, gradclip.GlobalNorm) and policy.max_norm == rec["threshold"]
     assert rec["python"] == f"gradclip.torch.Clipper(gradclip.GlobalNorm({rec['threshold']!r}))"
-    assert rec["reason"].endswith(".") and "90th percentile" in rec["reason"]
+    assert "UNVERIFIED" in rec["reason"]
 
 
 def test_python_line_runs():
@@ -69,14 +71,79 @@ def test_python_line_runs():
     assert type(clipper).__name__ == "Clipper"
 
 
-def test_exploding_run_recommends_p10_and_ignores_nulls():
-    norms = [1.0, 1.2, 0.9, 1.1, 1.0, 5.0, 1e3, 1e6, None, None]
+def test_exploding_run_is_called_diverged_and_never_gets_a_percentile_of_the_blowup():
+    norms = [359.0, 3654.0, 67688.0, 12882.0, None]  # the regression demo's unclipped run
     advice = suggest(_log(norms))
-    finite = np.array([g for g in norms if g is not None])
-    assert advice["exploded"] and advice["nonfinite_steps"] == 2 and advice["steps"] == 8
-    assert advice["recommended"]["name"] == "p10"
-    assert advice["candidates"][0]["threshold"] == pytest.approx(np.percentile(finite, 10))
-    assert advice["recommended"]["adaptive_spec"] == "autoclip:10"
+    assert set(advice["kind"]) == {"diverged", "unclipped", "too short"}
+    assert advice["nonfinite_steps"] == 1 and advice["steps"] == 4
+    rec = advice["recommended"]
+    assert rec["threshold"] < 359.0 and not rec["verified"]  # below every norm of the blow-up
+    assert any("too short" in w for w in advice["warnings"])
+    assert "WARNING" in render_suggestion(advice) and "UNVERIFIED" in render_suggestion(advice)
+
+
+def test_clipped_run_is_not_read_as_unclipped_norms():
+    # the regression demo's norm:1.0 run: pre-clip norms 300-2000 while the run trained fine at 1.0
+    recs = [{"step": i, "norm": 300.0 + 4 * i, "clipped": True, "threshold": 1.0, "loss": 2e4 / (1 + i)}
+            for i in range(400)]
+    log = RunLog(Path("clipped.jsonl"), recs, meta={"event": "start", "policy": "norm:1.0", "framework": "torch"})
+    advice = suggest(log)
+    assert "clipped" in advice["kind"] and advice["outcome"] == "ok"
+    assert advice["recommended"]["spec"] == "norm:1.0"  # not norm:990 (its p90)
+    assert any("not the norms an unclipped run" in w for w in advice["warnings"])
+
+
+@pytest.mark.parametrize(("framework", "needle"), [
+    ("keras", "gradclip.keras.wrap(optimizer, gradclip.GlobalNorm("),
+    ("tensorflow", "gradclip.tensorflow.Clipper(gradclip.GlobalNorm("),
+    ("torch", "gradclip.torch.Clipper(gradclip.GlobalNorm("),
+])
+def test_snippet_is_for_the_framework_that_wrote_the_log(framework, needle):
+    log = RunLog(Path("k.jsonl"), [{"step": i, "norm": 1.0 + i % 3} for i in range(30)],
+                 meta={"event": "start", "framework": framework})
+    advice = suggest(log)
+    assert advice["framework"] == framework and advice["recommended"]["python"].startswith(needle)
+    assert not any("does not say which framework" in w for w in advice["warnings"])
+
+
+def test_verification_trains_the_candidates_and_picks_the_best_loss():
+    calls = []
+
+    def train(spec):  # a fake task whose loss is best at threshold 2.0 and that diverges above 50
+        calls.append(spec)
+        if spec in ("zclip", "autoclip:p=10"):
+            return 5.0
+        t = float(spec.split(":")[1])
+        return float("nan") if t > 50 else 1.0 + abs(math.log10(t / 2.0))
+
+    norms = np.random.default_rng(3).lognormal(3.0, 0.3, 100)
+    advice = suggest(_log(norms), verify=train)
+    rec = advice["recommended"]
+    assert rec["verified"] and rec["threshold"] == pytest.approx(2.0, rel=0.35)
+    trials = advice["verification"]["trials"]
+    assert len(trials) == len(calls) and trials[0]["final_loss"] == min(t["final_loss"] or 99 for t in trials)
+    assert {t["outcome"] for t in trials if t["threshold"] and t["threshold"] > 50} == {"diverged"}
+    assert "verified" in render_suggestion(advice) and "UNVERIFIED" not in render_suggestion(advice)
+
+
+def test_verify_auto_needs_a_log_that_names_its_task():
+    with pytest.raises(gradclip.ConfigError, match="names none"):
+        suggest(_log(np.ones(30)), verify="auto")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["none", "norm:1.0"])
+def test_verified_pick_from_the_demo_logs_trains_within_2x_of_norm_1(tmp_path, method):
+    from gradclip.experiments import compare
+
+    compare("regression", [method], [0], log_dir=tmp_path)
+    log = tmp_path / f"regression__{method.replace(':', '_')}__seed0.jsonl"
+    advice = suggest(log, verify="auto")
+    assert advice["recommended"]["verified"]
+    check = compare("regression", [advice["recommended"]["spec"], "norm:1.0"], [0, 1, 2])["runs"]
+    mean = lambda spec: np.mean([r["final_loss"] for r in check if r["method"] == spec])  # noqa: E731
+    assert all(r["outcome"] == "ok" for r in check)
+    assert mean(advice["recommended"]["spec"]) <= 2 * mean("norm:1.0")
 
 
 def test_zclip_short_run_uses_the_whole_run_as_warmup():
@@ -99,7 +166,7 @@ def test_no_finite_norm_is_a_log_error():
 def test_text_and_json_rendering():
     advice = suggest(_log(np.linspace(0.5, 2.0, 50)))
     text = render_suggestion(advice)
-    assert "recommended: p90" in text and "policy spec: norm:" in text and "gradclip.GlobalNorm(" in text
+    assert "recommended: norm:2.0 (UNVERIFIED; max_nonspike" in text and "gradclip.GlobalNorm(" in text
     assert json.loads(render_suggestion(advice, as_json=True)) == json.loads(json.dumps(advice))
 
 
@@ -119,7 +186,7 @@ def test_cli_json_output_parses(tmp_path, capsys):
     log.write_text("".join(json.dumps({"step": i, "norm": float(g)}) + "\n" for i, g in enumerate(norms)))
     assert _run(["suggest", str(log), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["recommended"]["spec"].startswith("norm:") and len(data["candidates"]) == 7
+    assert data["recommended"]["spec"].startswith("norm:") and len(data["candidates"]) == 9
     assert data["candidates"][0]["threshold"] == pytest.approx(np.percentile(norms, 10))
     assert _run(["suggest", str(log)]) == 0
     assert "recommended:" in capsys.readouterr().out

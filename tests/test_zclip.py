@@ -109,7 +109,7 @@ HAND = {
 @pytest.mark.parametrize("mode", MODES)
 def test_hand_computed_trajectory(mode):
     gstar, mus, variances = HAND[mode]
-    policy = ZClip(alpha=0.5, z_thresh=2.0, warmup_steps=2, mode=mode, eps=0.0)
+    policy = ZClip(alpha=0.5, z_thresh=2.0, warmup_steps=2, mode=mode, max_norm=None, eps=0.0)
     got = _run_numpy(policy, [1.0, 3.0, 6.0, 2.5])
     assert got["threshold"].tolist() == [INF, INF, gstar, INF]
     assert got["coef"].tolist() == [1.0, 1.0, gstar / (6.0 + EPS), 1.0]
@@ -127,7 +127,7 @@ def test_hand_computed_max_norm_caps_but_does_not_feed_the_ema():
 
 
 def test_hand_computed_skip_on_spike_freezes_statistics():
-    policy = ZClip(alpha=0.5, z_thresh=2.0, warmup_steps=2, eps=0.0, skip_on_spike=True)
+    policy = ZClip(alpha=0.5, z_thresh=2.0, warmup_steps=2, eps=0.0, max_norm=None, skip_on_spike=True)
     state = policy.init_state(np.float64(0), NumpyOps)
     decisions = []
     for g in [1.0, 3.0, 6.0, 2.5]:
@@ -142,7 +142,7 @@ def test_hand_computed_skip_on_spike_freezes_statistics():
 
 def test_constant_warmup_sigma_zero():
     """Warm-up [2, 2, 2]: mu = 2, sigma = 0, so z = (g - 2) / 1e-6 and spikes clip to mu = 2."""
-    policy = ZClip(warmup_steps=3)  # alpha 0.97, z_thresh 2.5, eps 1e-6
+    policy = ZClip(warmup_steps=3, max_norm=None)  # alpha 0.97, z_thresh 2.5, eps 1e-6
     got = _run_numpy(policy, [2.0, 2.0, 2.0, 2.1, 5.0, 2.0, 1.5])
     assert got["threshold"].tolist() == [INF, INF, INF, 2.0, 2.0, INF, INF]
     assert got["coef"].tolist() == [1.0, 1.0, 1.0, 2.0 / (2.1 + EPS), 2.0 / (5.0 + EPS), 1.0, 1.0]
@@ -247,7 +247,7 @@ def test_clipper_zero_gradients():
     import gradclip.torch as gct
 
     model = _linear()
-    clipper = gct.Clipper(ZClip(warmup_steps=2))
+    clipper = gct.Clipper(ZClip(warmup_steps=2, max_norm=None))
     for _ in range(3):
         _set_grads(model, 0.0)
         stats = clipper.step(model)
@@ -266,7 +266,8 @@ def test_clipper_nan_step_leaves_state_unchanged(nonfinite):
     import gradclip.torch as gct
 
     model = _linear()
-    clipper = gct.Clipper(ZClip(alpha=0.5, z_thresh=2.0, warmup_steps=2, eps=0.0), nonfinite=nonfinite)
+    clipper = gct.Clipper(ZClip(alpha=0.5, z_thresh=2.0, warmup_steps=2, max_norm=None, eps=0.0),
+                          nonfinite=nonfinite)
     w = model.weight.numel() + model.bias.numel()  # all-equal grads c: norm = c * sqrt(w)
 
     def step(c, nan=False):
@@ -365,11 +366,14 @@ def test_spec_parsing():
     assert gradclip.parse_policy("zclip") == ZClip()
     p = gradclip.parse_policy("zclip:z=2.0,alpha=0.9")
     assert p == ZClip(z_thresh=2.0, alpha=0.9) and p.spec() == "zclip:alpha=0.9,z_thresh=2.0"
-    p = gradclip.parse_policy("zclip:w=10,mode=mean,cap=1.0,skip=true,eps=0")
-    assert p == ZClip(warmup_steps=10, mode="mean", max_norm=1.0, skip_on_spike=True, eps=0.0)
-    assert isinstance(p.warmup_steps, int) and p.max_norm == 1.0
+    p = gradclip.parse_policy("zclip:w=10,mode=mean,cap=2.0,skip=true,eps=0")
+    assert p == ZClip(warmup_steps=10, mode="mean", max_norm=2.0, skip_on_spike=True, eps=0.0)
+    assert isinstance(p.warmup_steps, int) and p.max_norm == 2.0
     assert gradclip.parse_policy(p.spec()) == p
-    assert gradclip.parse_policy("zclip:max_norm=none") == ZClip()
+    assert ZClip().max_norm == 1.0 and gradclip.parse_policy("zclip:cap=1.0") == ZClip()
+    uncapped = gradclip.parse_policy("zclip:max_norm=none")
+    assert uncapped == ZClip(max_norm=None) and uncapped.spec() == "zclip:max_norm=None"
+    assert gradclip.parse_policy(uncapped.spec()) == uncapped
 
 
 @pytest.mark.parametrize("spec,match", [

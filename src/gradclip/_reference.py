@@ -124,14 +124,20 @@ def _history_coef(norm: float, threshold: float, semantics: str = "exact") -> fl
     return threshold / norm if norm > threshold else 1.0
 
 
+def _cap(threshold: float, max_norm: float | None) -> float:
+    return threshold if max_norm is None else min(threshold, float(max_norm))
+
+
 def autoclip(
-    norms: Sequence[float], percentile: float, window: int | None = None, semantics: str = "exact"
+    norms: Sequence[float], percentile: float, window: int | None = None, semantics: str = "exact",
+    max_norm: float | None = 1.0,
 ) -> tuple[list[float], list[float]]:
     """Seetharaman et al. 2020 AutoClip on a sequence of global norms: ``(thresholds, coefs)``.
 
     Each finite norm is appended to the history first; the threshold is
-    ``numpy.percentile(history[-window:], percentile)`` (+inf while the history is empty);
-    non-finite norms are not recorded and get a NaN factor.
+    ``min(numpy.percentile(history[-window:], percentile), max_norm)`` (the percentile is +inf
+    while the history is empty; ``max_norm=None``: no cap, the paper's rule); non-finite norms
+    are not recorded and get a NaN factor.
     """
     history: list[float] = []
     thresholds, coefs = [], []
@@ -141,22 +147,26 @@ def autoclip(
             history.append(n)
         kept = history if window is None else history[-window:]
         thr = float(np.percentile(np.array(kept, dtype=np.float64), percentile)) if kept else float("inf")
+        thr = _cap(thr, max_norm)
         thresholds.append(thr)
         coefs.append(_history_coef(n, thr, semantics))
     return thresholds, coefs
 
 
 def max_norm_history(
-    norms: Sequence[float], factor: float, window: int, stat: str = "mean", semantics: str = "exact"
+    norms: Sequence[float], factor: float, window: int, stat: str = "mean", semantics: str = "exact",
+    max_norm: float | None = 1.0,
 ) -> tuple[list[float], list[float]]:
     """Pascanu et al. 2013: threshold = ``factor`` × mean (or max) of the previous ``window`` finite
-    norms, the current one excluded (+inf before the first). Returns ``(thresholds, coefs)``."""
+    norms, the current one excluded (+inf before the first), capped at ``max_norm`` (``None``: no
+    cap). Returns ``(thresholds, coefs)``."""
     history: list[float] = []
     thresholds, coefs = [], []
     for n in norms:
         n = float(n)
         past = np.array(history[-window:], dtype=np.float64)
         thr = float("inf") if past.size == 0 else factor * float(past.mean() if stat == "mean" else past.max())
+        thr = _cap(thr, max_norm)
         thresholds.append(thr)
         coefs.append(_history_coef(n, thr, semantics))
         if np.isfinite(n):
@@ -199,13 +209,14 @@ def zclip_trajectory(
     z_thresh: float = 2.5,
     warmup_steps: int = 25,
     mode: str = "reciprocal",
-    max_norm: float | None = None,
+    max_norm: float | None = 1.0,
     skip_on_spike: bool = False,
     eps: float = 1e-6,
 ) -> dict[str, np.ndarray]:
     """Kumar et al. 2025 ZClip over a sequence of global norms, step by step in float64.
 
-    Warm-up: the first ``warmup_steps`` finite norms are collected (only ``max_norm`` clips);
+    Warm-up: the first ``warmup_steps`` finite norms are collected (only ``max_norm`` clips,
+    1.0 by default as in the policy; ``None``: nothing clips);
     then ``mu``/``var`` are their mean and population variance. Afterwards a norm with
     ``z = (g - mu) / (sqrt(var) + eps) > z_thresh`` is a spike, clipped to ``g*`` (reciprocal:
     ``mu + z_thresh**2 / z * sigma``, max: ``mu + z_thresh * sigma``, mean: ``mu``), the threshold
@@ -255,3 +266,41 @@ def zclip_trajectory(
                            ("spike", spike), ("mu", mu), ("var", var)):
             out[key].append(value)
     return {k: np.array(v, dtype=bool if k in ("skipped", "spike") else np.float64) for k, v in out.items()}
+
+
+def spike_guard(
+    norms: Sequence[float], window: int = 128, min_history: int = 64, sigma: float = 6.0,
+    on_spike: str = "skip", max_norm: float | None = 1.0,
+) -> dict[str, np.ndarray]:
+    """OLMo 2's skip rule (OLMo Team 2024) over a sequence of global norms, in float64.
+
+    With ``min_history`` or more finite past norms in the window (the last ``window``), a finite
+    norm above ``limit = mean + sigma * std`` (sample std) is a spike; every finite norm then
+    enters the window. The threshold is ``min(limit, max_norm)`` (``max_norm`` before
+    ``min_history`` norms; ``None`` counts as ``inf``). ``"skip"``: the factor is
+    ``max_norm / (g + 1e-6)`` when ``g > max_norm``, else 1, and spikes are skipped; ``"clip"``:
+    spikes get ``min(1, min(limit, max_norm) / (g + 1e-6))``, other steps the cap's factor.
+
+    Returns:
+        ``{"threshold", "coef", "skipped"}``: one entry per step.
+    """
+    cap = math.inf if max_norm is None else float(max_norm)
+    hist: list[float] = []
+    out: dict[str, list] = {"threshold": [], "coef": [], "skipped": []}
+    for g in (float(x) for x in norms):
+        limit = math.inf
+        if len(hist) >= min_history:
+            mean = sum(hist) / len(hist)
+            limit = mean + sigma * math.sqrt(sum((h - mean) ** 2 for h in hist) / (len(hist) - 1))
+        spike = math.isfinite(g) and g > limit
+        capped = cap / (g + TORCH_EPS) if g > cap else 1.0
+        if on_spike == "clip" and spike:
+            c = min(1.0, min(limit, cap) / (g + TORCH_EPS))
+        else:
+            c = capped
+        out["threshold"].append(min(limit, cap))
+        out["coef"].append(c)
+        out["skipped"].append(spike and on_spike == "skip")
+        if math.isfinite(g):
+            hist = (hist + [g])[-window:]
+    return {k: np.array(v, dtype=bool if k == "skipped" else np.float64) for k, v in out.items()}

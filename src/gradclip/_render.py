@@ -29,30 +29,58 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(headers), rule, *(line(r) for r in rows)])
 
 
+def _outcome_cell(run: dict[str, Any]) -> str:
+    outcome = run.get("outcome") or ("diverged" if run["diverged"] else "ok")
+    if outcome == "diverged" and run.get("first_nonfinite_step") is not None:
+        return f"diverged @ step {run['first_nonfinite_step']}"
+    return outcome
+
+
+def outcome_counts(runs: list[dict[str, Any]]) -> str:
+    """``"ok 2, exploded 1"``: how many runs ended each way, worst last.
+
+    Example:
+        >>> outcome_counts([{"outcome": "ok", "diverged": False}, {"outcome": "stalled", "diverged": False}])
+        'ok 1, stalled 1'
+    """
+    from gradclip._outcome import OUTCOMES
+
+    names = [r.get("outcome") or ("diverged" if r["diverged"] else "ok") for r in runs]
+    return ", ".join(f"{o} {names.count(o)}" for o in reversed(OUTCOMES) if o in names)
+
+
 def compare_table(result: dict[str, Any]) -> str:
-    """The table ``gradclip compare`` prints: one row per run, then one summary row per method."""
+    """The table ``gradclip compare`` prints: one row per run, then one summary row per method.
+
+    ``final loss`` is the loss on the whole training set after training (the JSON's
+    ``final_loss``, the report's "final loss (train set)"); means are over ``ok`` runs only.
+    """
+    from gradclip._outcome import describe
+
     acc = any(r.get("test_accuracy") is not None for r in result["runs"])
     rows = []
     for r in result["runs"]:
-        diverged = f"yes @ step {r['first_nonfinite_step']}" if r["diverged"] else "no"
         rows.append([
-            r["method"], str(r["seed"]), _fmt(r["initial_loss"]), _fmt(r["final_loss"]), diverged,
-            *([_fmt(r["test_accuracy"], ".3f")] if acc else []),
+            r["method"], str(r["seed"]), _fmt(r["initial_loss"]), _fmt(r["final_loss"]), _outcome_cell(r),
+            *([_fmt(r["test_accuracy"], ".3f")] if acc else []), str(r.get("steps", "-")),
             _fmt(r["max_grad_norm"]), f"{100 * r['clipped_fraction']:.1f}", f"{r['seconds']:.2f}",
         ])
-    headers = ["method", "seed", "initial loss", "final loss", "diverged", *(["test acc"] if acc else []),
-               "max grad norm", "% clipped", "seconds"]
+    headers = ["method", "seed", "initial loss", "final loss (train set)", "outcome", *(["test acc"] if acc else []),
+               "optimizer steps", "max grad norm", "% clipped", "seconds"]
     runs = table(headers, rows)
     summary_rows = []
     for method in dict.fromkeys(r["method"] for r in result["runs"]):
         mine = [r for r in result["runs"] if r["method"] == method]
-        ok = [r["final_loss"] for r in mine if not r["diverged"]]
+        ok = [r["final_loss"] for r in mine if (r.get("outcome") or ("diverged" if r["diverged"] else "ok")) == "ok"]
         mean = sum(ok) / len(ok) if ok else None
-        row = [method, f"{len(mine) - len(ok)}/{len(mine)}", _fmt(mean)]
+        row = [method, outcome_counts(mine), f"{_fmt(mean)} ({len(ok)}/{len(mine)} ok)"]
         if acc:
             row.append(_fmt(sum(r["test_accuracy"] or 0.0 for r in mine) / len(mine), ".3f"))
         summary_rows.append(row)
-    summary = table(["method", "diverged runs", "mean final loss (converged runs)",
-                     *(["mean test acc"] if acc else [])], summary_rows)
+    summary = table(["method", "outcomes", "mean final loss (ok runs)", *(["mean test acc (all runs)"] if acc else [])],
+                    summary_rows)
     head = f"task: {result['task']}   framework: {result['framework']}"
-    return f"{head}\n\n{runs}\n\n{summary}"
+    tail = describe()
+    if result.get("incomplete"):
+        tail += "\nINCOMPLETE: interrupted; only the runs above finished."
+    return f"{head}\n\n{runs}\n\n{summary}\n\n{tail}"

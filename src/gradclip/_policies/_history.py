@@ -4,6 +4,11 @@ Both policies keep their history as arrays in the state, on the gradients' devic
 with array operations only (no host read, no Python branch on a value). Non-finite norms are never
 recorded: the state of such a step is left unchanged (selected with ``ops.where``).
 
+Both cap their threshold at ``max_norm`` (1.0 by default, ``None`` for the published rule alone):
+a threshold learned from the history of norms is only as small as the norms themselves, so it
+cannot protect the first steps (no history yet) nor a run whose every norm is too large for its
+learning rate. ZClip's official code keeps the same cap (``max_grad_norm=1.0``) at every step.
+
 References:
     Seetharaman, Wichern, Pardo, Le Roux. "AutoClip: Adaptive Gradient Clipping for Source
     Separation Networks", MLSP 2020 (arXiv:2007.14469), Algorithm 1.
@@ -21,7 +26,7 @@ from gradclip._errors import ConfigError
 from gradclip._policies._base import Decision, Measurement, Policy
 from gradclip._policies._fixed import TORCH_EPS
 
-__all__ = ["AutoClip", "MaxNormHistory", "history_coef"]
+__all__ = ["AutoClip", "MaxNormHistory", "capped", "history_coef"]
 
 INF = float("inf")
 #: How a history threshold becomes a scale factor (see :func:`history_coef`).
@@ -42,6 +47,16 @@ def history_coef(norm: Any, threshold: Any, semantics: str, ops: Any) -> Any:
         return ops.clamp(threshold / (norm + TORCH_EPS), hi=1.0)
     over = norm > threshold  # implies norm > 0, so the division below is safe where it is used
     return ops.where(over, threshold / ops.where(over, norm, norm * 0.0 + 1.0), norm * 0.0 + 1.0) + (norm - norm)
+
+
+def capped(threshold: Any, max_norm: float | None, ops: Any) -> Any:
+    """``min(threshold, max_norm)``; ``threshold`` unchanged (the same array) when ``max_norm`` is None."""
+    return threshold if max_norm is None else ops.minimum(threshold, max_norm)
+
+
+def _max_norm(value: Any) -> float | None:
+    """Validate the optional cap (a threshold >= 0, ``inf`` allowed) or ``None``."""
+    return None if value is None else _validate.threshold("max_norm", value)
 
 
 def _recordable(m: Measurement, ops: Any) -> Any:
@@ -99,6 +114,18 @@ class AutoClip(Policy):
     then zeroed, as in the authors' code). Non-finite norms never enter the history; their step is
     decided with the history as it was.
 
+    **Safe default: a cap.** The threshold used is ``min(percentile, max_norm)``, with
+    ``max_norm=1.0`` by default. The paper has no warm-up: on the first step the history holds
+    only that step's norm, so the percentile is the norm itself and nothing is clipped, and for a
+    while the percentile of a few large norms is large too. Only an absolute cap protects those
+    steps, and it has to stay: a percentile of norms that are all too large for the learning rate
+    is too large as well (on ``gradclip compare --task regression``, norms of 300-2000 at lr 0.07,
+    a cap for the first 25 or 100 steps only still leaves the network dead at its initial loss,
+    and no cap at all ends at 1.8e12 or stalls, where the cap trains like ``norm:1.0``). The cap
+    is the default ``max_grad_norm=1.0`` of ZClip's official code, applied the same way. It never
+    feeds the history (the raw norms do, as in the paper), and norms below ``max_norm`` never
+    meet it. ``max_norm=None`` is the paper's and the authors' code's exact rule.
+
     Data structure and cost: the history is kept **sorted** in the state (``"sorted"``, shape
     ``(K, L)`` padded with +inf; K = 1 row, or one row per tensor with ``scope="tensor"``), with
     the number of stored norms ``"count"`` as a 0-d int64 array. Inserting is a searchsorted plus
@@ -122,11 +149,14 @@ class AutoClip(Policy):
             else the gradients are left bitwise unchanged) or ``"torch"`` (the authors'
             ``clip_grad_norm_`` factor ``min(1, threshold / (norm + 1e-6))``); see
             :func:`history_coef`.
+        max_norm: Cap on the threshold, >= 0 (``inf`` allowed), applied at every step (per
+            tensor with ``scope="tensor"``), or ``None`` for the paper's rule alone. Default 1.0.
+            Spec alias ``cap``.
 
     Raises:
         ConfigError: ``percentile`` outside [0, 100] or not a number, ``window`` not an int >= 1,
-            unknown ``scope`` or ``semantics``; at a step, a changed number of tensors under
-            ``scope="tensor"``.
+            unknown ``scope`` or ``semantics``, ``max_norm`` negative or NaN; at a step, a changed
+            number of tensors under ``scope="tensor"``.
 
     References:
         Seetharaman, Wichern, Pardo, Le Roux. "AutoClip: Adaptive Gradient Clipping for Source
@@ -137,24 +167,28 @@ class AutoClip(Policy):
         >>> from gradclip._ops import NumpyOps
         >>> from gradclip._policies._base import Measurement
         >>> from gradclip._policies._history import AutoClip
-        >>> policy = AutoClip(percentile=50)
+        >>> policy = AutoClip(percentile=50, max_norm=None)  # the paper's rule
         >>> state = policy.init_state(np.float64(0.0), NumpyOps)
         >>> for norm in [1.0, 3.0, 2.0, 10.0]:
         ...     d, state = policy.decide(Measurement(norm=np.float64(norm)), state, NumpyOps)
         >>> float(d.threshold), float(d.coef)  # median of [1, 3, 2, 10]; 10 is clipped to 2.5
         (2.5, 0.25)
-        >>> AutoClip(25.0, window=50).spec()
-        'autoclip:25.0,window=50'
+        >>> d, _ = AutoClip(50).decide(Measurement(norm=np.float64(300.0)), state, NumpyOps)
+        >>> float(d.threshold)  # the default cap: min(median of [1, 2, 3, 10, 300], 1.0)
+        1.0
+        >>> AutoClip(25.0, window=50, max_norm=None).spec()
+        'autoclip:25.0,window=50,max_norm=None'
     """
 
     percentile: float = 10.0
     window: int | None = None
     scope: str = "global"
     semantics: str = "exact"
+    max_norm: float | None = 1.0
 
     spec_name = "autoclip"
     spec_positional = "percentile"
-    spec_aliases = {"p": "percentile"}
+    spec_aliases = {"p": "percentile", "cap": "max_norm"}
 
     def __post_init__(self) -> None:
         p = self.percentile
@@ -164,6 +198,7 @@ class AutoClip(Policy):
         object.__setattr__(self, "window", _window(self.window, allow_none=True))
         _validate.choice("scope", self.scope, ("global", "tensor"))
         _validate.choice("semantics", self.semantics, COEF_SEMANTICS)
+        object.__setattr__(self, "max_norm", _max_norm(self.max_norm))
 
     @property
     def needs_tensor_norms(self) -> bool:  # type: ignore[override]
@@ -197,6 +232,7 @@ class AutoClip(Policy):
             count = ops.minimum(count + 1, self.window) - 1  # so that the shared update below caps it
         new["count"] = ops.where(ok, count + 1, state["count"])
         threshold = _percentile(new["sorted"], new["count"], self.percentile / 100.0, x, ops)
+        threshold = capped(threshold, self.max_norm, ops)
         if self.scope == "global":
             threshold = ops.reshape(threshold, ())
             return Decision(threshold=threshold, coef=history_coef(m.norm, threshold, self.semantics, ops)), new
@@ -227,8 +263,15 @@ class MaxNormHistory(Policy):
 
     Pascanu et al. (2013) suggest a threshold of 5 to 10 times the average norm over a
     sufficiently large number of updates. The current step is **not** part of its own
-    threshold (a spike cannot raise the bar it is measured against). Until one finite norm has been
-    recorded the threshold is +inf (no clipping). Non-finite norms are not recorded.
+    threshold (a spike cannot raise the bar it is measured against). Non-finite norms are not
+    recorded.
+
+    **Safe default: a cap.** The threshold used is ``min(factor x stat, max_norm)`` with
+    ``max_norm=1.0`` by default; until one finite norm has been recorded there is no statistic and
+    the threshold is ``max_norm`` alone. Without the cap the first step is never clipped and the
+    threshold is 5x norms that may already be too large (``maxhist:5,max_norm=none`` diverges at
+    step 6 on ``gradclip compare --task regression``). ``max_norm=None`` is Pascanu et al.'s rule
+    alone (threshold +inf before the first recorded norm).
 
     State: a ring buffer ``"ring"`` of the last ``window`` recorded norms (zeros where empty),
     ``"count"`` and ``"head"`` (0-d, in the norm's dtype). Per step O(window) device work (the
@@ -240,10 +283,12 @@ class MaxNormHistory(Policy):
         stat: ``"mean"`` (default) or ``"max"`` of the window.
         semantics: ``"exact"`` (default) or ``"torch"``, as for :class:`AutoClip`
             (see :func:`history_coef`).
+        max_norm: Cap on the threshold, >= 0 (``inf`` allowed), applied at every step, or
+            ``None`` for the rule alone. Default 1.0. Spec alias ``cap``.
 
     Raises:
         ConfigError: ``factor`` <= 0 or NaN, ``window`` not an int >= 1, unknown ``stat`` or
-            ``semantics``.
+            ``semantics``, ``max_norm`` negative or NaN.
 
     References:
         Pascanu, Mikolov, Bengio. "On the difficulty of training recurrent neural networks",
@@ -254,7 +299,7 @@ class MaxNormHistory(Policy):
         >>> from gradclip._ops import NumpyOps
         >>> from gradclip._policies._base import Measurement
         >>> from gradclip._policies._history import MaxNormHistory
-        >>> policy = MaxNormHistory(factor=2.0, window=3)
+        >>> policy = MaxNormHistory(factor=2.0, window=3, max_norm=None)
         >>> state = policy.init_state(np.float64(0.0), NumpyOps)
         >>> for norm in [1.0, 2.0, 3.0, 10.0]:
         ...     d, state = policy.decide(Measurement(norm=np.float64(norm)), state, NumpyOps)
@@ -266,9 +311,11 @@ class MaxNormHistory(Policy):
     window: int = 100
     stat: str = "mean"
     semantics: str = "exact"
+    max_norm: float | None = 1.0
 
     spec_name = "maxhist"
     spec_positional = "factor"
+    spec_aliases = {"cap": "max_norm"}
 
     def __post_init__(self) -> None:
         factor = _validate.threshold("factor", self.factor)
@@ -278,6 +325,7 @@ class MaxNormHistory(Policy):
         object.__setattr__(self, "window", _window(self.window, allow_none=False))
         _validate.choice("stat", self.stat, ("mean", "max"))
         _validate.choice("semantics", self.semantics, COEF_SEMANTICS)
+        object.__setattr__(self, "max_norm", _max_norm(self.max_norm))
 
     def init_state(self, like: Any, ops: Any) -> dict[str, Any]:
         return {"ring": ops.filled((self.window,), 0.0, like), "count": ops.scalar(0.0, like), "head": ops.scalar(0.0, like)}
@@ -288,7 +336,7 @@ class MaxNormHistory(Policy):
             stat = ops.sum(ring) / ops.maximum(count, 1.0)
         else:
             stat = ops.amax(ring)  # norms are >= 0, so the empty (zero) slots never win
-        threshold = ops.where(count > 0, self.factor * stat, INF)
+        threshold = capped(ops.where(count > 0, self.factor * stat, INF), self.max_norm, ops)
         ok = _recordable(m, ops)
         slot = ops.arange(self.window, ring) == head
         new = {

@@ -6,7 +6,8 @@ update when it is more than ``sigma`` deviations above the mean.
 
 References:
     OLMo Team. "2 OLMo 2 Furious", 2024 (arXiv:2501.00656), Section 3: skipping updates whose
-    gradient norm exceeds the rolling mean by 6 standard deviations over the last 128 steps.
+    gradient norm exceeds the rolling mean by 6 standard deviations over the last 128 steps, on
+    top of clipping the global norm to 1.0.
 """
 
 from __future__ import annotations
@@ -33,6 +34,19 @@ class SpikeGuard(Policy):
     ever. Non-finite norms never enter it. The state is a ring buffer on the gradients' device;
     deciding needs no host read.
 
+    **Safe default: a cap.** Until ``min_history`` norms are in the window nothing can be a
+    spike, and afterwards only norms far above the recent ones are, so on their own the rule
+    leaves the first steps, and every step of a run whose norms are all too large, untouched
+    (``spikeguard,max_norm=none`` diverges at step 4 on ``gradclip compare --task regression``,
+    like no clipping). So the global norm is also clipped to ``max_norm`` (1.0 by default, with
+    torch's coefficient ``max_norm / (norm + 1e-6)`` when ``norm > max_norm``) at every step:
+    OLMo 2's recipe, which clips to 1.0 and skips spikes. Spikes are detected on the pre-clip
+    norm, and the window records pre-clip norms. ``max_norm=None`` is the skip rule alone (chain
+    it with a clipper yourself: ``"spikeguard:max_norm=none+norm:1.0"``).
+
+    **Reported threshold**: the largest norm that passes unchanged: ``min(mean + sigma·std,
+    max_norm)``, ``max_norm`` (or ``inf`` without a cap) before ``min_history`` norms.
+
     Args:
         window: Number of past norms kept. Default 128.
         min_history: Past norms needed before any step can be a spike (2 <= min_history <=
@@ -40,7 +54,9 @@ class SpikeGuard(Policy):
         sigma: How many standard deviations above the mean make a spike (> 0). Default 6.0.
         on_spike: ``"skip"`` (default: the gradients are zeroed and ``ClipStats.skipped`` is
             True; do not step the optimizer) or ``"clip"`` (clip the global norm to
-            ``mean + sigma·std`` with torch's coefficient).
+            ``min(mean + sigma·std, max_norm)`` with torch's coefficient).
+        max_norm: Cap on the global norm at every step, >= 0 (``inf`` allowed), or ``None`` for
+            the skip rule alone. Default 1.0. Spec alias ``cap``.
 
     Raises:
         ConfigError: on any hyper-parameter outside the ranges above.
@@ -55,19 +71,22 @@ class SpikeGuard(Policy):
         >>> from gradclip._policies._spike import SpikeGuard
         >>> guard = SpikeGuard(window=4, min_history=3, sigma=3.0)
         >>> state = guard.init_state(np.float64(0), NumpyOps)
+        >>> coefs = []
         >>> for g in [1.0, 1.1, 0.9, 50.0]:
         ...     d, state = guard.decide(Measurement(norm=np.float64(g)), state, NumpyOps)
-        >>> bool(d.skip)
-        True
+        ...     coefs.append(round(float(d.coef), 4))
+        >>> bool(d.skip), coefs  # 1.1 is capped to 1.0; 50 is a spike: skipped
+        (True, [1.0, 0.9091, 1.0, 0.02])
     """
 
     window: int = 128
     min_history: int = 64
     sigma: float = 6.0
     on_spike: str = "skip"
+    max_norm: float | None = 1.0
 
     spec_name = "spikeguard"
-    spec_aliases = {"w": "window", "n": "min_history", "s": "sigma"}
+    spec_aliases = {"w": "window", "n": "min_history", "s": "sigma", "cap": "max_norm"}
 
     def __post_init__(self) -> None:
         for name in ("window", "min_history"):
@@ -83,6 +102,8 @@ class SpikeGuard(Policy):
             raise ConfigError("sigma must be > 0 (0 would flag every step above the mean). Received: 0.0.")
         object.__setattr__(self, "sigma", sigma)
         _validate.choice("on_spike", self.on_spike, ("skip", "clip"))
+        if self.max_norm is not None:
+            object.__setattr__(self, "max_norm", _validate.threshold("max_norm", self.max_norm))
 
     def init_state(self, like: Any, ops: Any) -> dict[str, Any]:
         return {"norms": ops.filled((self.window,), 0.0, like), "count": ops.scalar(0.0, like), "pos": ops.scalar(0.0, like)}
@@ -102,8 +123,14 @@ class SpikeGuard(Policy):
             "count": ops.where(keep, ops.minimum(count + 1.0, float(self.window)), count),
             "pos": ops.where(keep, (pos + 1.0) % self.window, pos),
         }
-        threshold = ops.where(count >= self.min_history, limit, limit * 0.0 + float("inf"))
+        cap = float("inf") if self.max_norm is None else self.max_norm
+        threshold = ops.where(count >= self.min_history, ops.minimum(limit, cap), ops.filled((), cap, limit))
         if self.on_spike == "skip":
-            return Decision(threshold=threshold, skip=spike), new
-        coef = ops.where(spike, ops.clamp(limit / (m.norm + TORCH_EPS), hi=1.0), m.norm * 0.0 + 1.0)
+            if self.max_norm is None:
+                return Decision(threshold=threshold, skip=spike), new
+            coef = ops.where(m.norm > cap, cap / (m.norm + TORCH_EPS), ops.filled((), 1.0, m.norm))
+            return Decision(threshold=threshold, coef=coef, skip=spike), new
+        bound = ops.where(spike, ops.minimum(limit, cap), ops.filled((), cap, limit))
+        one = ops.filled((), 1.0, m.norm)
+        coef = ops.where(spike | (m.norm > cap), ops.clamp(bound / (m.norm + TORCH_EPS), hi=1.0), one)
         return Decision(threshold=threshold, coef=coef), new

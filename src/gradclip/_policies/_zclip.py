@@ -27,9 +27,11 @@ MODES = ("reciprocal", "max", "mean")
 class ZClip(Policy):
     """Clip the global norm ``g`` when its z-score against an EMA of past norms exceeds ``z_thresh``.
 
-    **Warm-up.** The first ``warmup_steps`` finite norms are collected; they are not clipped
-    (only ``max_norm``, when set, applies as a global-norm clip). On the step that completes the
-    warm-up, ``mu`` and ``sigma**2`` become the mean and the *population* variance of those norms.
+    **Warm-up.** The first ``warmup_steps`` finite norms are collected; no statistics exist yet,
+    so the adaptive rule cannot clip them and the fallback is the fixed cap ``max_norm`` (a
+    global-norm clip, 1.0 by default, as in the official code, which clips to its
+    ``max_grad_norm=1.0`` during warm-up). On the step that completes the warm-up, ``mu`` and
+    ``sigma**2`` become the mean and the *population* variance of those norms.
 
     **After warm-up**, each step computes ``z = (g - mu) / (sigma + eps)``. When ``z > z_thresh``
     (a spike) the norm is clipped to ``g*``:
@@ -60,10 +62,16 @@ class ZClip(Policy):
     threshold stays at ``mu`` until a norm below ``mu`` arrives (as in the official code). Zero
     gradients are ordinary norms (0): never spikes, never scaled.
 
+    **Safe default: the cap stays.** ``max_norm=1.0`` is the official code's ``max_grad_norm``
+    default, and there too it applies at every step, warm-up included: the threshold is
+    ``min(adaptive, max_norm)``. The cap is what protects the warm-up steps (nothing else can
+    clip them) and the steps after it whose norms are large but typical (a z-score only catches
+    norms far above the recent ones, so it lets through norms of hundreds when every norm is in
+    the hundreds). Norms below 1 never meet the cap. ``max_norm=None`` is the paper's rule
+    alone: only spikes are clipped and the warm-up steps are not clipped at all.
+
     Deviations from the ``zclip`` package (v1 ``zclip/zclip.py``), on purpose:
 
-    - ``max_norm`` defaults to ``None`` (no cap). The package's ``max_grad_norm`` silently
-      defaults to 1.0, which also clips every step to norm 1; pass ``max_norm=1.0`` for its numbers.
     - ``skip_on_spike=True`` zeroes the whole update on a spike (``ClipStats.skipped`` is True:
       do not step the optimizer) *and* freezes the statistics; the package's
       ``skip_update_on_spike`` only freezes the statistics and still applies the clipped update.
@@ -81,8 +89,9 @@ class ZClip(Policy):
         warmup_steps: Number of finite norms collected before the statistics start, int >= 1.
             Default 25.
         mode: ``"reciprocal"`` (default), ``"max"`` or ``"mean"``: what a spike is clipped to.
-        max_norm: Optional fixed cap on the global norm, >= 0 (``inf`` allowed), applied at every
-            step including warm-up. Default ``None`` (no cap).
+        max_norm: Fixed cap on the global norm, >= 0 (``inf`` allowed), applied at every step
+            including warm-up, or ``None`` for no cap (the adaptive rule alone). Default 1.0
+            (the official code's ``max_grad_norm``). Spec alias ``cap``.
         skip_on_spike: Zero the update on spikes and freeze the statistics. Default False.
         eps: Added to ``sigma`` in the z-score, finite and >= 0. Default 1e-6.
 
@@ -98,7 +107,7 @@ class ZClip(Policy):
         >>> from gradclip._ops import NumpyOps
         >>> from gradclip._policies import Measurement
         >>> from gradclip._policies._zclip import ZClip
-        >>> policy = ZClip(alpha=0.5, z_thresh=2.0, warmup_steps=2, eps=0.0)
+        >>> policy = ZClip(alpha=0.5, z_thresh=2.0, warmup_steps=2, max_norm=None, eps=0.0)
         >>> state = policy.init_state(np.float64(0), NumpyOps)
         >>> for g in [1.0, 3.0, 6.0]:  # warm-up: mu = 2, sigma = 1; then z = 4 is a spike
         ...     d, state = policy.decide(Measurement(norm=np.float64(g)), state, NumpyOps)
@@ -108,13 +117,16 @@ class ZClip(Policy):
         (2.5, 0.625)
         >>> ZClip(z_thresh=2.0, alpha=0.9).spec()
         'zclip:alpha=0.9,z_thresh=2.0'
+        >>> d, _ = ZClip().decide(Measurement(norm=np.float64(300.0)), ZClip().init_state(np.float64(0), NumpyOps), NumpyOps)
+        >>> float(d.threshold)  # a warm-up step: the default cap applies
+        1.0
     """
 
     alpha: float = 0.97
     z_thresh: float = 2.5
     warmup_steps: int = 25
     mode: str = "reciprocal"
-    max_norm: float | None = None
+    max_norm: float | None = 1.0
     skip_on_spike: bool = False
     eps: float = 1e-6
 

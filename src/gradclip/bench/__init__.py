@@ -11,8 +11,8 @@ flushed before every call. Timings are never asserted in tests.
 
 Example:
     >>> from gradclip.bench import parse_args
-    >>> parse_args(["--quick", "--threads", "2"]).threads
-    '2'
+    >>> parse_args(["--quick", "--threads", "1,2"]).threads
+    [1, 2]
 """
 
 from __future__ import annotations
@@ -29,9 +29,13 @@ __all__ = ["add_arguments", "main", "parse_args", "run", "run_and_print"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The suite's options (shared by ``gradclip bench`` and ``benchmarks/bench_clip.py``)."""
-    parser.add_argument("--quick", action="store_true", help="smaller workloads and 5 repetitions (a smoke run)")
-    parser.add_argument("--reps", type=int, default=None, help="repetitions per operation (default: 11, quick: 5)")
-    parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts (default: 1,2)")
+    parser.add_argument("--quick", action="store_true",
+                        help=("a smoke run of every operation: workloads of 8M elements, 3 repetitions, 1 thread, "
+                              "a smaller floor copy (well under a minute on 2 idle cores)"))
+    parser.add_argument("--reps", type=_count, default=None,
+                        help=f"repetitions per operation (default: {REPS}, quick: {QUICK_REPS})")
+    parser.add_argument("--threads", type=_thread_counts, default=None,
+                        help="comma-separated torch thread counts (default: 1,2; quick: 1)")
     parser.add_argument("--only", default="", help="run only workloads whose name contains this text (e.g. bf16)")
     parser.add_argument("--no-step", action="store_true", help="skip the optimizer-step benchmark (slowest part)")
     parser.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
@@ -41,6 +45,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--json", metavar="PATH", help="write every row, the targets and the machine as JSON")
     parser.add_argument("--markdown", metavar="PATH", help="also write the tables as Markdown (for BENCHMARKS.md)")
     return parser
+
+
+REPS, QUICK_REPS = 11, 3
+THREADS, QUICK_THREADS = [1, 2], [1]
+
+
+def _thread_counts(text: str) -> list[int]:
+    """``--threads``: comma-separated thread counts, each 1 or more (``"1,2"`` gives ``[1, 2]``)."""
+    try:
+        counts = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated thread counts such as 1,2, each 1 or more. Received: {text!r}")
+    return counts
+
+
+def _count(text: str) -> int:
+    """``--reps``: a whole number, 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 1 or more. Received: {text!r}")
+    return value
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -78,10 +109,12 @@ def run(args: argparse.Namespace, echo=print) -> dict[str, Any]:
 
     from gradclip.bench import _ops, _report, _timing, _workloads
 
-    reps = args.reps or (5 if args.quick else 11)
-    timer = _timing.Timer(args.device)
+    reps = args.reps or (QUICK_REPS if args.quick else REPS)
+    sizes = (_timing.FLOOR_ELEMENTS // 2, _timing.FLUSH_ELEMENTS // 2) if args.quick else ()
+    timer = _timing.Timer(args.device, *sizes)
     rows: list[dict[str, Any]] = []
-    for threads in (int(t) for t in args.threads.split(",") if t.strip()):
+    threads_list = args.threads or (QUICK_THREADS if args.quick else THREADS)
+    for threads in (_thread_counts(threads_list) if isinstance(threads_list, str) else threads_list):
         torch.set_num_threads(threads)
         for make in _workloads.clip_workloads(args.quick, args.device):
             w = make()
@@ -125,7 +158,8 @@ def run_and_print(args: argparse.Namespace) -> int:
     print(_report.render(result["rows"]))
     print("\n" + _report.render_targets(result["targets"]))
     if args.quick:
-        print("(--quick: smaller workloads, where per-call overhead weighs more; the targets are set for the full sizes)")
+        print("(--quick: a smoke run; smaller workloads, where per-call overhead weighs more, 1 thread unless "
+              "--threads, few repetitions; the targets are set for the full sizes)")
     if args.json:
         print(f"\nJSON: {_report.write_json(args.json, result)}")
     if args.markdown:

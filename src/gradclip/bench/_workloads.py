@@ -78,7 +78,7 @@ def make(name: str, shapes: list[tuple[int, ...]], dtype: torch.dtype, *, device
 
 def clip_workloads(quick: bool, device: str = "cpu"):
     """The clipping workloads, made one at a time (each is freed before the next is built)."""
-    scale, n_small, flat = (4, 500, 25_000_000) if quick else (1, 2000, 100_000_000)
+    scale, n_small, flat = (4, 500, 8_000_000) if quick else (1, 2000, 100_000_000)
     small = [(s,) for s in small_sizes(n_small)]
     yield lambda: make("gpt2 fp32", gpt2_shapes(scale), torch.float32, device=device)
     yield lambda: make(f"{n_small} small fp32", small, torch.float32, device=device)

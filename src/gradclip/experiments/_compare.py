@@ -10,7 +10,6 @@ from typing import Any
 import gradclip
 from gradclip._errors import ConfigError
 from gradclip._spec import parse_policy
-from gradclip.experiments._results import RunResult
 from gradclip.experiments._tasks import get_task
 
 FRAMEWORKS = ("torch", "keras", "tensorflow")
@@ -18,6 +17,26 @@ DEFAULT_METHODS = ("none", "value:1.0", "norm:1.0")
 DEFAULT_SEEDS = (0, 1, 2)
 
 Progress = Callable[[int, int, str, int], None]
+OnRun = Callable[[dict[str, Any], int, int], None]
+
+
+class CompareInterrupted(KeyboardInterrupt):
+    """Ctrl-C (``KeyboardInterrupt``) during :func:`compare`, carrying the runs that finished.
+
+    It is a ``KeyboardInterrupt``, so code that does not look for it stops as before.
+
+    Attributes:
+        result: What :func:`compare` returns, holding only the finished runs, with
+            ``"incomplete": True``.
+        done: Runs finished.
+        total: Runs planned.
+    """
+
+    def __init__(self, result: dict[str, Any], done: int, total: int) -> None:
+        super().__init__(f"{done} of {total} runs finished")
+        self.result = result
+        self.done = done
+        self.total = total
 
 
 def compare(
@@ -28,6 +47,7 @@ def compare(
     framework: str = "torch",
     log_dir: str | Path | None = None,
     progress: Progress | None = None,
+    on_run: OnRun | None = None,
     nproc: int = 1,
 ) -> dict[str, Any]:
     """Train the task once per (method, seed) and return the results as JSON-ready data.
@@ -42,15 +62,20 @@ def compare(
         log_dir: When given, a per-step JSONL log per run is written there as
             ``<task>__<method>__seed<seed>.jsonl``.
         progress: Called as ``progress(done, total, method, seed)`` before each run and once at the end.
+        on_run: Called as ``on_run(run, done, total)`` as soon as a run finishes, with that run's
+            entry of ``"runs"`` (for live output, or to save results as they come).
         nproc: Train each run with DistributedDataParallel over this many processes (gloo, CPU;
             torch only); the results are those of one process up to rounding. Default 1.
 
     Returns:
-        ``{"task", "framework", "gradclip_version", "config", "runs": [...]}``; each run is
-        :meth:`RunResult.to_json` plus ``"log"``, the path of its per-step log (or ``None``).
+        ``{"task", "framework", "gradclip_version", "config", "incomplete", "runs": [...]}``; each
+        run is :meth:`RunResult.to_json` plus ``"log"``, the path of its per-step log (or ``None``).
+        ``"incomplete"`` is ``False`` here (see Raises).
 
     Raises:
         ConfigError: unknown task, framework or method spec (nothing is trained then).
+        CompareInterrupted: on Ctrl-C; its ``result`` holds the runs that finished, with
+            ``"incomplete": True`` (the interrupted run is dropped).
 
     Example:
         >>> from gradclip.experiments import compare
@@ -70,33 +95,31 @@ def compare(
         from gradclip.experiments._ddp import Pool
 
         runner = Pool(nproc, framework)
-
-    data = spec.load()
-    total = len(methods) * len(seeds)
-    runs: list[RunResult] = []
-    for method in methods:
-        for seed in seeds:
-            if progress:
-                progress(len(runs), total, method, seed)
-            log = _log_path(log_dir, task, method, seed) if log_dir is not None else None
-            runs.append(runner.run(spec, method, seed, data, log))
-    if progress:
-        progress(total, total, "", -1)
-    if nproc != 1:
-        runner.close()
-    logs = [str(_log_path(log_dir, task, r.method, r.seed)) if log_dir is not None else None for r in runs]
-    out = {
-        "task": task,
-        "framework": framework,
-        "gradclip_version": gradclip.__version__,
-        "config": spec.config() if nproc == 1 else {**spec.config(), "nproc": nproc, "ddp_backend": "gloo"},
-        "runs": [{**r.to_json(), "log": log} for r, log in zip(runs, logs)],
-    }
+    header = {"task": task, "framework": framework, "gradclip_version": gradclip.__version__,
+              "config": spec.config() if nproc == 1 else {**spec.config(), "nproc": nproc, "ddp_backend": "gloo"}}
     if framework == "keras":
         import keras
 
-        out["keras_backend"] = keras.backend.backend()
-    return out
+        header["keras_backend"] = keras.backend.backend()
+    pairs = [(method, seed) for method in methods for seed in seeds]
+    runs: list[dict[str, Any]] = []
+    try:
+        data = spec.load()
+        for method, seed in pairs:
+            if progress:
+                progress(len(runs), len(pairs), method, seed)
+            log = _log_path(log_dir, task, method, seed) if log_dir is not None else None
+            runs.append({**runner.run(spec, method, seed, data, log).to_json(), "log": log and str(log)})
+            if on_run:
+                on_run(runs[-1], len(runs), len(pairs))
+    except KeyboardInterrupt:
+        raise CompareInterrupted({**header, "incomplete": True, "runs": runs}, len(runs), len(pairs)) from None
+    finally:
+        if nproc != 1:
+            runner.close()
+    if progress:
+        progress(len(pairs), len(pairs), "", -1)
+    return {**header, "incomplete": False, "runs": runs}
 
 
 def _runner(framework: str) -> Any:

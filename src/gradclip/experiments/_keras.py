@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -51,9 +52,9 @@ def run(task: Task, method: str, seed: int, data: Data, log_path: Path | None = 
         loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile(optimizer=opt, loss=loss_fn)
 
-    def step(x: np.ndarray, y: np.ndarray) -> tuple[float, dict]:
-        loss = model.train_on_batch(x, y, return_dict=True)["loss"]
-        return float(loss), opt.gradclip_stats().to_dict()
+    def step(rows: np.ndarray) -> tuple[float, Any]:
+        loss = model.train_on_batch(data.X[rows], data.y[rows], return_dict=True)["loss"]
+        return float(loss), opt.gradclip_stats()
 
     def evaluate(x: np.ndarray, y: np.ndarray) -> tuple[float, float | None]:
         out = model.predict_on_batch(x)
@@ -63,4 +64,4 @@ def run(task: Task, method: str, seed: int, data: Data, log_path: Path | None = 
             accuracy = float(np.mean(np.argmax(keras.ops.convert_to_numpy(out), axis=1) == y))
         return loss, accuracy
 
-    return train(task, method, seed, data, step, evaluate, log_path)
+    return train(task, method, seed, data, step, evaluate, log_path, framework='keras')

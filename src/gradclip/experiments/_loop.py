@@ -1,12 +1,19 @@
-"""The training loop shared by the Keras and TensorFlow runners of ``gradclip compare``.
+"""The training loop shared by every runner of ``gradclip compare`` (torch, Keras, TensorFlow).
 
 The framework runner supplies one function per optimizer step and one for evaluation; this
-loop does the batching (same seeded permutation per epoch for every framework), the per-step
-JSONL log, the stop at the first non-finite loss or gradient, and the :class:`RunResult`.
+loop does the batching (a seeded permutation per epoch), the per-step JSONL log, the stop at the
+first non-finite loss or gradient, and the :class:`RunResult`.
+
+The log of a run is one JSONL file: a ``{"event": "start", ...}`` record (run label, task,
+framework, method, seed, policy spec, time), one record per step (batch ``loss``, the
+``ClipStats`` values, ``layers``: the pre-clip per-tensor gradient norms), and a
+``{"event": "end", ...}`` record holding the run's :class:`RunResult` (final loss on the whole
+training set, outcome, optimizer steps), so that the report shows the numbers the CLI prints.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import math
 import time
@@ -16,34 +23,54 @@ from typing import Any
 
 import numpy as np
 
+from gradclip._stats import ClipStats
 from gradclip.experiments._results import RunResult, finish, finite_or_none
 from gradclip.experiments._tasks import Data, Task
 
-#: ``step(x, y) -> (loss, stats)``: one optimizer step on a batch; ``stats`` is ClipStats.to_dict().
-StepFn = Callable[[np.ndarray, np.ndarray], tuple[float, dict[str, Any]]]
+#: ``step(x_index) -> (loss, stats)``: one optimizer step on the batch of those rows. The step
+#: must not update the weights when the loss or the gradients are non-finite.
+StepFn = Callable[[np.ndarray], tuple[float, ClipStats]]
 #: ``evaluate(x, y) -> (loss, accuracy or None)`` on whole arrays, no update.
 EvalFn = Callable[[np.ndarray, np.ndarray], tuple[float, float | None]]
+#: ``permutation(epoch) -> row indices`` of that epoch's batch order.
+OrderFn = Callable[[int], np.ndarray]
 
 KEEP = ("norm", "clipped_norm", "coef", "threshold", "clipped", "skipped", "nonfinite")
 
 
 def train(task: Task, method: str, seed: int, data: Data, step: StepFn, evaluate: EvalFn,
-          log_path: Path | None = None) -> RunResult:
-    """Run ``task.epochs`` epochs of ``step`` over seeded batches; see the torch runner for the fields."""
+          log_path: Path | None = None, *, framework: str, permutation: OrderFn | None = None) -> RunResult:
+    """Run ``task.epochs`` epochs of ``step`` over seeded batches.
+
+    Args:
+        task, method, seed, data: The run (see :func:`gradclip.experiments.compare`).
+        step: One optimizer step on the rows given (see :data:`StepFn`).
+        evaluate: Loss (and accuracy) on whole arrays.
+        log_path: When given, the run's JSONL log is written there (replacing an earlier one:
+            ``compare`` owns its log folder).
+        framework: Written into the log's start record.
+        permutation: The batch order of an epoch; default ``numpy.random.default_rng(seed)``.
+
+    Returns:
+        The :class:`RunResult`; a run stops at the first non-finite loss or gradient.
+    """
     start = time.perf_counter()
     initial, _ = evaluate(data.X, data.y)
-    order = np.random.default_rng(seed)
-    log = open(log_path, "w") if log_path else None
+    if permutation is None:
+        rng = np.random.default_rng(seed)
+        permutation = lambda epoch: rng.permutation(len(data.X))  # noqa: E731
+    label = f"{method} seed {seed}"
+    log = _open_log(log_path, label, task, framework, method, seed)
     n, clipped, max_norm, first_bad = 0, 0, None, None
     try:
         for epoch in range(task.epochs):
-            perm = order.permutation(len(data.X))
+            perm = np.asarray(permutation(epoch))
             for i in range(0, len(data.X), task.batch_size):
-                idx = perm[i : i + task.batch_size]
-                loss, rec = step(data.X[idx], data.y[idx])
+                loss, stats = step(perm[i : i + task.batch_size])
+                rec = stats.to_dict()
                 if log:
-                    head = {"run": f"{method} seed {seed}", "step": n, "epoch": epoch, "loss": finite_or_none(loss)}
-                    log.write(json.dumps({**head, **{k: _clean(rec[k]) for k in KEEP}}) + "\n")
+                    head = {"run": label, "step": n, "epoch": epoch, "loss": finite_or_none(loss)}
+                    log.write(json.dumps({**head, **{k: _clean(rec[k]) for k in KEEP}, **_layers(stats)}) + "\n")
                 if not math.isfinite(loss) or rec["nonfinite"]:
                     first_bad = n
                     break
@@ -52,16 +79,39 @@ def train(task: Task, method: str, seed: int, data: Data, step: StepFn, evaluate
                 n += 1
             if first_bad is not None:
                 break
+        final, accuracy = evaluate(data.X, data.y)
+        accuracy = evaluate(data.X_test, data.y_test)[1] if task.loss == "cross_entropy" and data.X_test is not None else None
+        result = finish(method, seed, initial=initial, final=final, accuracy=accuracy, first_bad=first_bad, steps=n,
+                        clipped=clipped, max_norm=max_norm, seconds=time.perf_counter() - start)
+        if log:
+            log.write(json.dumps({"event": "end", "run": label, **result.to_json()}) + "\n")
+        return result
     finally:
         if log:
             log.close()
-    final, accuracy = evaluate(data.X, data.y)
-    if task.loss == "cross_entropy" and data.X_test is not None:
-        accuracy = evaluate(data.X_test, data.y_test)[1]
-    else:
-        accuracy = None
-    return finish(method, seed, initial=initial, final=final, accuracy=accuracy, first_bad=first_bad, steps=n,
-                  clipped=clipped, max_norm=max_norm, seconds=time.perf_counter() - start)
+
+
+def _open_log(path: Path | None, label: str, task: Task, framework: str, method: str, seed: int) -> Any:
+    if path is None:
+        return None
+    log = open(path, "w", encoding="utf-8")
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    log.write(json.dumps({"event": "start", "run": label, "time": now, "task": task.name, "framework": framework,
+                          "method": method, "seed": seed, "policy": method}) + "\n")
+    return log
+
+
+def _layers(stats: ClipStats) -> dict[str, Any]:
+    """``{"layers": {name: {"grad_norm": x}}}`` from the pre-clip per-tensor norms, if measured."""
+    norms = stats.tensor_norms
+    if norms is None or not stats.names:
+        return {}
+    if hasattr(norms, "detach"):  # torch
+        norms = norms.detach().cpu()
+    values = np.asarray(norms, dtype=np.float64).reshape(-1).tolist()
+    if len(values) != len(stats.names):
+        return {}
+    return {"layers": {name: {"grad_norm": finite_or_none(v)} for name, v in zip(stats.names, values)}}
 
 
 def _clean(value: Any) -> Any:

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from gradclip._outcome import classify
+
 
 @dataclass
 class RunResult:
@@ -16,11 +18,14 @@ class RunResult:
     Attributes:
         method: The method spec string (``"norm:1.0"``).
         seed: Seed of the model initialisation and batch order.
-        final_loss: Loss on the whole training set after training; ``None`` when it diverged.
+        final_loss: Loss on the whole training set after training ("final loss (train set)");
+            ``None`` when it diverged.
         initial_loss: Loss on the whole training set before training.
         diverged: True when a loss or gradient became NaN/Inf (training stops there).
+        outcome: ``"diverged"``, ``"exploded"``, ``"stalled"`` or ``"ok"``, as defined in
+            :mod:`gradclip._outcome` (final against initial loss).
         first_nonfinite_step: The optimizer step (0-based) where that happened, else ``None``.
-        steps: Optimizer steps taken.
+        steps: Optimizer steps taken (the step that went non-finite is logged, not taken).
         clipped_fraction: Fraction of steps whose gradients were changed by clipping.
         max_grad_norm: Largest finite pre-clip gradient norm seen, ``None`` if none was finite.
         seconds: Wall time of the run.
@@ -39,6 +44,7 @@ class RunResult:
     max_grad_norm: float | None
     seconds: float
     test_accuracy: float | None = None
+    outcome: str = "ok"
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -59,6 +65,7 @@ def finish(method: str, seed: int, *, initial: float, final: float, accuracy: fl
         diverged=diverged, first_nonfinite_step=first_bad, steps=steps,
         clipped_fraction=clipped / steps if steps else 0.0, max_grad_norm=max_norm,
         seconds=round(seconds, 3), test_accuracy=accuracy,
+        outcome=classify(initial, None if diverged else final, nonfinite=diverged),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -85,13 +86,13 @@ def run(task: Task, method: str, seed: int, data: Data, log_path: Path | None = 
             v.assign_sub(task.lr * m)
         return loss
 
-    def step(x: np.ndarray, y: np.ndarray) -> tuple[float, dict]:
-        loss = float(train_step(tf.constant(x), tf.constant(y)))
-        return loss, clipper.last_stats().to_dict()
+    def step(rows: np.ndarray) -> tuple[float, Any]:
+        loss = float(train_step(tf.constant(data.X[rows]), tf.constant(data.y[rows])))
+        return loss, clipper.last_stats()
 
     def evaluate(x: np.ndarray, y: np.ndarray) -> tuple[float, float | None]:
         loss, out = loss_of(tf.constant(x), tf.constant(y))
         accuracy = None if mse else float(np.mean(np.argmax(out.numpy(), axis=1) == y))
         return float(loss), accuracy
 
-    return train(task, method, seed, data, step, evaluate, log_path)
+    return train(task, method, seed, data, step, evaluate, log_path, framework='tensorflow')

@@ -2,9 +2,9 @@
 
 from gradclip.monitor._metrics import scalars
 from gradclip.monitor._monitor import Monitor
-from gradclip.monitor._reader import RunLog, read_jsonl
+from gradclip.monitor._reader import RunLog, read_jsonl, read_runs
 from gradclip.monitor._record import SCALAR_KEYS, clean
 from gradclip.monitor._sinks import Sink
 from gradclip.monitor._spike import SpikeDetector
 
-__all__ = ["SCALAR_KEYS", "Monitor", "RunLog", "Sink", "SpikeDetector", "clean", "read_jsonl", "scalars"]
+__all__ = ["SCALAR_KEYS", "Monitor", "RunLog", "Sink", "SpikeDetector", "clean", "read_jsonl", "read_runs", "scalars"]

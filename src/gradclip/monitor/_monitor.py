@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import fnmatch
 import sys
 from collections.abc import Iterable, Sequence
@@ -10,7 +11,8 @@ from typing import Any
 from gradclip._errors import ConfigError, InputTypeError
 from gradclip._stats import ClipStats, _scalar
 from gradclip.monitor._record import clean
-from gradclip.monitor._sinks import Sink, emit, open_sink
+from gradclip.monitor._reader import path_label
+from gradclip.monitor._sinks import CsvSink, JsonlSink, Sink, emit, emit_event, open_sink
 from gradclip.monitor._spike import SpikeDetector
 
 __all__ = ["Monitor"]
@@ -55,7 +57,17 @@ class Monitor:
         include: Glob patterns (``fnmatch``) of parameter names that get per-layer detail
             (default: all). The global norm and the offenders always cover every parameter.
         exclude: Glob patterns of parameter names left out of the per-layer detail.
-        run: A run label written into every record (``"run"`` key), for several runs per file.
+        run: The run's label (legends, report rows). It is written into the start record and,
+            when given, into every record (``"run"`` key). Default: ``parent/stem`` of the first
+            ``jsonl:``/``csv:`` path (``runs/a/grads.jsonl`` gives ``"a/grads"``), else ``"run"``.
+        overwrite: Truncate existing ``jsonl:``/``csv:`` files. By default (False) a log is never
+            lost: an existing file is appended to, and the new run starts with a start record
+            (``"resumed": true``; in CSV, a new header line).
+
+    Every ``jsonl:`` log gets ``{"event": "start", "run": LABEL, "time": ISO-8601 UTC}`` when the
+    monitor opens it and ``{"event": "end", "run": LABEL, "time": ..., "steps": N}`` at
+    :meth:`close`; these event records are not steps (:func:`gradclip.monitor.read_runs` splits a
+    file into its runs at the start records). Callables and plain ``write`` objects get steps only.
 
     Raises:
         ConfigError: a bad option, or a sink that cannot be opened (sinks already opened are closed).
@@ -85,11 +97,18 @@ class Monitor:
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
         run: str | None = None,
+        overwrite: bool = False,
     ) -> None:
         if per_layer not in PER_LAYER_MODES or not isinstance(per_layer, (bool, str)):
             raise ConfigError(f"per_layer must be True, False or 'on_anomaly'. Received: {per_layer!r}.")
         if flush_every is not None and (isinstance(flush_every, bool) or not isinstance(flush_every, int) or flush_every < 1):
             raise ConfigError(f"flush_every must be None or an int >= 1. Received: {flush_every!r}.")
+        if not isinstance(overwrite, bool):
+            raise ConfigError(f"overwrite must be True (truncate existing jsonl:/csv: logs) or False (append, the "
+                              f"default). Received: {overwrite!r}.")
+        if run is not None and not (isinstance(run, str) and run):
+            raise ConfigError(f"run must be a non-empty string label (or None for a label from the log path). "
+                              f"Received: {run!r}.")
         self.include, self.exclude = _patterns("include", include), _patterns("exclude", exclude)
         self.per_layer, self.flush_every, self.run = per_layer, flush_every, run
         self.spikes = SpikeDetector(spike_window, spike_z)
@@ -104,10 +123,13 @@ class Monitor:
         self.sinks: list[Sink] = []
         try:
             for spec in sinks:
-                self.sinks.append(open_sink(spec))
+                self.sinks.append(open_sink(spec, overwrite=overwrite))
         except BaseException:
             self.close()
             raise
+        files = [s.path for s in self.sinks if isinstance(s, (JsonlSink, CsvSink))]
+        self.label: str = run if run is not None else (path_label(files[0]) if files else "run")
+        emit_event(self.sinks, {"event": "start", "run": self.label, "time": _now()})
 
     def __enter__(self) -> Monitor:
         return self
@@ -168,6 +190,8 @@ class Monitor:
             return
         try:
             self.flush()
+            if hasattr(self, "label"):  # not when a sink failed to open
+                emit_event(self.sinks, {"event": "end", "run": self.label, "time": _now(), "steps": self.steps})
         finally:
             self._closed = True
             for sink in self.sinks:
@@ -317,6 +341,11 @@ def _fetch(rows: list[list[Any]]) -> list[list[Any]]:
     flat = [v if v is None or isinstance(v, (bool, int, float, list)) else _scalar(v) for v in flat]
     width = len(rows[0]) if rows else 0
     return [flat[i * width : (i + 1) * width] for i in range(len(rows))]
+
+
+def _now() -> str:
+    """The current time, ISO-8601 in UTC, to the second (the event records' ``time``)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _num(value: Any) -> float | None:

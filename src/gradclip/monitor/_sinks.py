@@ -18,7 +18,7 @@ from gradclip._errors import ConfigError
 from gradclip.monitor._metrics import scalars
 from gradclip.monitor._record import SCALAR_KEYS
 
-__all__ = ["Sink", "open_sink"]
+__all__ = ["Sink", "emit", "emit_event", "open_sink"]
 
 VALID_SPECS = (
     "'jsonl:PATH', 'csv:PATH', 'tensorboard:DIR', 'mlflow', 'wandb', a callable taking the record dict, "
@@ -34,20 +34,41 @@ class Sink:
     def write(self, record: dict[str, Any]) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def event(self, record: dict[str, Any]) -> None:
+        """Receive a run event (``{"event": "start" | "end", "run": ..., "time": ...}``), not a step.
+
+        The monitor sends one ``start`` event after opening its sinks and one ``end`` event when it
+        closes. Sinks that keep a file (``jsonl:``) write it; the others ignore it (the default).
+        """
+
     def close(self) -> None:
         """Flush and release what the sink holds (idempotent)."""
 
 
-def _open_file(spec: str, path: str, kind: str):
+def _open_file(spec: str, path: str, kind: str, overwrite: bool) -> tuple[Any, bool]:
+    """Open ``path`` for unbuffered appends (or truncate it with ``overwrite``).
+
+    Returns:
+        ``(file, resumed)``: ``resumed`` is True when the file already held data and is appended
+        to. A last line cut short by a killed writer is ended with a newline first, so the old
+        fragment stays one line of its own and the new run starts on a fresh line.
+    """
     if not path:
         raise ConfigError(f"Sink {spec!r} names no file. Write {kind}:PATH, for example '{kind}:runs/a/grads.{kind}'.")
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        return open(target, "wb", buffering=0)
+        fh = open(target, "wb" if overwrite else "ab", buffering=0)
     except OSError as exc:
         raise ConfigError(f"Sink {spec!r} cannot be opened: {exc.strerror or exc} ({target}). "
                           f"Pass a writable path. Valid sinks: {VALID_SPECS}.") from None
+    resumed = not overwrite and os.fstat(fh.fileno()).st_size > 0
+    if resumed:
+        with open(target, "rb") as old:
+            old.seek(-1, os.SEEK_END)
+            if old.read(1) != b"\n":
+                _write_all(fh, b"\n")
+    return fh, resumed
 
 
 def _write_all(fh, data: bytes) -> None:
@@ -65,16 +86,25 @@ class JsonlSink(Sink):
     SIGKILL keeps every record written before the kill (at most the last line is cut short, and
     :func:`gradclip.monitor.read_jsonl` skips it). ``fsync=True`` also forces each line to disk
     (survives a power loss; costs a disk flush per step).
+
+    An existing non-empty file is appended to, never truncated (``overwrite=True`` truncates it).
+    The run's ``{"event": "start", ...}`` record, sent by the monitor, then carries
+    ``"resumed": true``, so :func:`gradclip.monitor.read_runs` tells the runs of one file apart.
     """
 
-    def __init__(self, spec: str, path: str, *, fsync: bool = False) -> None:
+    def __init__(self, spec: str, path: str, *, fsync: bool = False, overwrite: bool = False) -> None:
         self.spec, self.path, self.fsync = spec, Path(path), fsync
-        self._fh = _open_file(spec, path, "jsonl")
+        self._fh, self.resumed = _open_file(spec, path, "jsonl", overwrite)
 
     def write(self, record: dict[str, Any]) -> None:
         _write_all(self._fh, (json.dumps(record, allow_nan=False) + "\n").encode())
         if self.fsync:
             os.fsync(self._fh.fileno())
+
+    def event(self, record: dict[str, Any]) -> None:
+        if record.get("event") == "start" and self.resumed:
+            record = {**record, "resumed": True}
+        self.write(record)
 
     def close(self) -> None:
         if not self._fh.closed:
@@ -94,11 +124,16 @@ class CsvSink(Sink):
 
     Cells are JSON values (``true``, ``1.5``, ``[0.1, 0.2]`` for per-tensor thresholds); missing
     and null values are empty. Each row is flushed as it is written.
+
+    Every opening writes the header line, and an existing non-empty file is appended to
+    (``overwrite=True`` truncates it): a CSV written by several runs holds one header line per
+    run, and a row equal to the header starts the next run. CSV columns have no room for the
+    JSONL sink's start/end event records, so the header line is the run mark.
     """
 
-    def __init__(self, spec: str, path: str) -> None:
+    def __init__(self, spec: str, path: str, *, overwrite: bool = False) -> None:
         self.spec, self.path = spec, Path(path)
-        self._fh = _open_file(spec, path, "csv")
+        self._fh, self.resumed = _open_file(spec, path, "csv", overwrite)
         _write_all(self._fh, (",".join(SCALAR_KEYS) + "\n").encode())
 
     def write(self, record: dict[str, Any]) -> None:
@@ -210,15 +245,21 @@ class CallbackSink(Sink):
         self._fn(record)
 
 
-_SCHEMES: dict[str, Callable[[str, str], Sink]] = {
-    "jsonl": lambda spec, rest: JsonlSink(spec, rest),
-    "csv": lambda spec, rest: CsvSink(spec, rest),
-    "tensorboard": lambda spec, rest: TensorBoardSink(spec, rest),
+_SCHEMES: dict[str, Callable[[str, str, bool], Sink]] = {
+    "jsonl": lambda spec, rest, overwrite: JsonlSink(spec, rest, overwrite=overwrite),
+    "csv": lambda spec, rest, overwrite: CsvSink(spec, rest, overwrite=overwrite),
+    "tensorboard": lambda spec, rest, overwrite: TensorBoardSink(spec, rest),  # a new event file per writer
 }
 
 
-def open_sink(spec: Any) -> Sink:
+def open_sink(spec: Any, *, overwrite: bool = False) -> Sink:
     """Open one sink from a spec string, a callable, or an object with ``write``.
+
+    Args:
+        spec: ``"jsonl:PATH"``, ``"csv:PATH"``, ``"tensorboard:DIR"``, ``"mlflow"``, ``"wandb"``,
+            a callable, or an object with ``write(record)``.
+        overwrite: Truncate an existing ``jsonl:``/``csv:`` file instead of appending to it
+            (default False: a log is never lost). TensorBoard always adds a new event file.
 
     Raises:
         ConfigError: unknown scheme, missing path, a path that cannot be opened, or a missing
@@ -241,7 +282,14 @@ def open_sink(spec: Any) -> Sink:
         return MlflowSink(spec) if scheme == "mlflow" else WandbSink(spec)
     if scheme not in _SCHEMES:
         raise ConfigError(f"Unknown sink {spec!r}. Valid sinks: {VALID_SPECS}.")
-    return _SCHEMES[scheme](spec, rest)
+    return _SCHEMES[scheme](spec, rest, overwrite)
+
+
+def emit_event(sinks: list[Any], record: dict[str, Any]) -> None:
+    """Send a run event to every :class:`Sink` (plain callables and ``write`` objects get steps only)."""
+    for sink in sinks:
+        if isinstance(sink, Sink):
+            sink.event(record)
 
 
 def emit(sinks: list[Sink], record: dict[str, Any]) -> None:

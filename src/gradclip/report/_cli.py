@@ -31,14 +31,23 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def add_suggest_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``gradclip suggest LOG [LOG ...] [--json]``."""
+    """Register ``gradclip suggest LOG [LOG ...] [--verify [TASK]] [--framework F] [--seeds S] [--json]``."""
     p = subparsers.add_parser(
-        "suggest", help="suggest a clipping threshold from the gradient norms of a run",
-        description=("Candidate thresholds from the pre-clip norms of a run (ideally an unclipped warm-up): "
-                     "percentiles (AutoClip), 5x/10x the mean (Pascanu et al. 2013), ZClip z=2.5; each with the "
-                     "fraction of steps it would have clipped, a recommendation and a ready-to-paste spec."),
+        "suggest", help="suggest a clipping threshold from the gradient norms of a run, and test it",
+        description=("Say what kind of log this is (unclipped, clipped, diverged, too short), list candidate "
+                     "thresholds (percentiles as in AutoClip, 5x/10x the mean as in Pascanu et al. 2013, ZClip "
+                     "z=2.5, the largest non-spike norm, the run's own threshold, decades below the smallest norm) "
+                     "with the share of logged steps above each, and pick one. Without --verify the pick is a rule's "
+                     "and marked UNVERIFIED; with --verify every candidate trains the task again and the one that "
+                     "reaches the lowest loss with an ok outcome is picked."),
     )
     p.add_argument("logs", nargs="+", metavar="LOG", help="JSONL log(s); the norms are pooled in order")
+    p.add_argument("--verify", nargs="?", const="auto", default=None, metavar="TASK",
+                   help=("train with each candidate and rank by the loss reached: the task of a `gradclip compare` "
+                         "log, or the built-in TASK given (regression, digits-lstm)"))
+    p.add_argument("--framework", default=None, choices=("torch", "keras", "tensorflow"),
+                   help="framework of the snippet and of --verify (default: the log's, else torch)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds for --verify (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     return p
 
@@ -76,7 +85,12 @@ def run_suggest(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            advice = suggest(args.logs)
+            seeds = [int(x) for x in args.seeds.split(",") if x.strip()] if args.seeds.replace(",", "").strip().isdigit() \
+                else None
+            if seeds is None:
+                return _fail("suggest", ValueError(f"--seeds takes comma-separated integers such as 0,1. "
+                                                   f"Received: {args.seeds!r}."))
+            advice = suggest(args.logs, verify=args.verify, framework=args.framework, seeds=seeds)
         except GradclipError as exc:
             return _fail("suggest", exc)
     _show_warnings("suggest", caught)

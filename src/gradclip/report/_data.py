@@ -1,8 +1,13 @@
-"""Arrays and summary numbers from run logs (no plotting, no HTML: each is testable alone)."""
+"""Arrays and summary numbers from run logs (no plotting, no HTML: each is testable alone).
+
+Runs are grouped by method (the seeds of one method form a :class:`Group`); every run gets one
+outcome (:mod:`gradclip._outcome`) and one spike count by one definition (:data:`SPIKE_DEFINITION`).
+"""
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,11 +15,21 @@ from typing import Any
 
 import numpy as np
 
-from gradclip._errors import InputTypeError
-from gradclip.monitor import RunLog, read_jsonl
+from gradclip._errors import GradclipError, InputTypeError
+from gradclip._outcome import OUTCOMES, classify
+from gradclip.monitor import RunLog
+from gradclip.monitor._spike import SpikeDetector
 
 #: Percentiles of the pre-clip global norm reported in the summary table.
 PERCENTILES = (50, 90, 99)
+#: The one meaning of "spike" in the Monitor and the report (the Monitor's default detector).
+SPIKE_DEFINITION = (
+    "spike: a finite pre-clip global norm more than {z:g} standard deviations above the mean of the previous "
+    "{window} finite norms (the Monitor's SpikeDetector; judged once {min_history} earlier finite norms exist). "
+    "Logs without spike flags are scored with the same detector; n/a = too few finite norms to judge."
+).format(z=SpikeDetector().z, window=SpikeDetector().window, min_history=SpikeDetector().min_history)
+
+_SEED_SUFFIX = re.compile(r"\s+seed\s+\d+$")
 
 
 def _float(value: Any) -> float:
@@ -26,18 +41,26 @@ def _float(value: Any) -> float:
 
 @dataclass
 class Series:
-    """The per-step arrays of one run, aligned on the records (one entry per record).
+    """The per-step arrays of one run, aligned on the records (one entry per record), and its result.
 
     Attributes:
         label: Legend name (:attr:`RunLog.label`).
         path: The log file.
         step: Step numbers (the record's ``step``, else its position).
         norm, clipped_norm, threshold, loss: float64, NaN where missing, null or non-numeric.
-        clipped, spike, nonfinite, skipped: bool.
+        clipped, spike, nonfinite, skipped: bool. ``spike`` holds the log's flags, or the
+            detector's (:data:`SPIKE_DEFINITION`) when the log has none.
         first_offender: ``{"name", "shape", "nan", "inf"}`` of the first non-finite tensor, if logged.
         layers: ``(names, steps, grad_norms)``: per-tensor gradient norms (NaN when null) of the
             records that carry ``layers``; empty when none do.
         truncated: The log's last line was cut short and skipped.
+        method: The group name: ``meta["method"]``, else the label without a trailing ``" seed N"``.
+        policy: The run's policy object (:func:`gradclip.parse_policy` of ``meta["policy"]``,
+            ``meta["method"]`` or ``method``), or ``None`` when none parses.
+        outcome: One of :data:`gradclip._outcome.OUTCOMES`, or ``None`` without any loss.
+        end: The run's ``{"event": "end"}`` record, or ``None``.
+        spikes_logged: The spike flags come from the log (else from the detector).
+        spikes_judged: At least one finite norm had enough history to be judged.
     """
 
     label: str
@@ -55,15 +78,151 @@ class Series:
     layers: tuple[list[str], np.ndarray, np.ndarray] = field(
         default_factory=lambda: ([], np.zeros(0), np.zeros((0, 0))))
     truncated: bool = False
+    method: str = ""
+    policy: Any = None
+    outcome: str | None = None
+    end: dict[str, Any] | None = None
+    spikes_logged: bool = False
+    spikes_judged: bool = True
+
+    @property
+    def global_threshold(self) -> bool:
+        """Whether ``threshold`` is a bound on the global norm (drawn on the global-norm axis)."""
+        if self.policy is None:  # unknown policy: trust the records
+            return bool(np.isfinite(self.threshold).any())
+        return is_global_norm_policy(self.policy)
+
+    @property
+    def steady(self) -> bool:
+        """The run did not blow up (``ok`` or unknown): its values may set a plot's range."""
+        return self.outcome in ("ok", None)
+
+
+@dataclass
+class Group:
+    """The runs of one method (its seeds), in the order given."""
+
+    name: str
+    runs: list[Series]
+
+    def outcomes(self) -> dict[str, int]:
+        """``{outcome: count}`` over the runs, worst first, outcomes that occur only."""
+        counts = {o: sum(s.outcome == o for s in self.runs) for o in OUTCOMES}
+        return {o: n for o, n in counts.items() if n}
+
+    def outcome_text(self) -> str:
+        """``"3 ok"``, ``"2 stalled, 1 exploded"``, or ``"-"`` when no run has an outcome."""
+        return ", ".join(f"{n} {o}" for o, n in reversed(self.outcomes().items())) or "-"
+
+
+def method_of(log: RunLog) -> str:
+    """The method a run belongs to: ``meta["method"]``, else its label without ``" seed N"``.
+
+    Example:
+        >>> from pathlib import Path
+        >>> method_of(RunLog(Path("x.jsonl"), [{"run": "norm:1.0 seed 2"}]))
+        'norm:1.0'
+    """
+    method = log.meta.get("method")
+    if isinstance(method, str) and method:
+        return method
+    return _SEED_SUFFIX.sub("", log.label) or log.label
+
+
+def policy_of(log: RunLog) -> Any:
+    """The policy object of a run, from ``meta["policy"]``, ``meta["method"]`` or its method name; else ``None``."""
+    from gradclip import parse_policy
+
+    for spec in (log.meta.get("policy"), log.meta.get("method"), method_of(log)):
+        if isinstance(spec, str) and spec:
+            try:
+                return parse_policy(spec)
+            except (GradclipError, ValueError, TypeError):
+                continue
+    return None
+
+
+def is_global_norm_policy(policy: Any) -> bool:
+    """Whether a policy's threshold bounds the global gradient norm.
+
+    Global: ``GlobalNorm``, ``AutoClip`` (global scope), ``ZClip``, ``MaxNormHistory``,
+    ``SpikeGuard``, and a ``Chain`` whose last member is one of those (its logged threshold is the
+    last member's). Not global: ``Value`` (an element bound), ``PerTensorNorm``, ``AdaGC``,
+    ``AutoClip(scope="tensor")`` (per-tensor bounds), ``AGC`` (a per-unit ratio), ``NoClip``.
+
+    Example:
+        >>> import gradclip
+        >>> is_global_norm_policy(gradclip.parse_policy("norm:1.0")), is_global_norm_policy(gradclip.parse_policy("value:1.0"))
+        (True, False)
+    """
+    members = getattr(policy, "policies", None)
+    if members:
+        return is_global_norm_policy(members[-1])
+    if getattr(policy, "spec_name", "") in ("value", "none"):
+        return False
+    return not (policy.needs_tensor_norms or policy.needs_unit_norms)
+
+
+def detect_spikes(norm: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Spike flags of a norm series by :data:`SPIKE_DEFINITION`, and whether any step could be judged.
+
+    Example:
+        >>> flags, judged = detect_spikes(np.array([1.0, 1.1, 0.9] * 5 + [50.0]))
+        >>> int(flags.sum()), judged
+        (1, True)
+        >>> detect_spikes(np.array([1.0, 2.0, 1e15]))[1]
+        False
+    """
+    detector = SpikeDetector()
+    flags = np.array([detector.update(float(x) if np.isfinite(x) else None)[0] for x in norm], dtype=bool)
+    return flags, int(np.isfinite(norm).sum()) > detector.min_history
+
+
+def _outcome(log: RunLog, loss: np.ndarray, nonfinite: np.ndarray) -> str | None:
+    """``end["outcome"]``; else classified from ``end``'s losses; else from the first and last finite batch loss."""
+    end = log.end or {}
+    if end.get("outcome") in OUTCOMES:
+        return end["outcome"]
+    if "final_loss" in end:
+        bad = end.get("first_nonfinite_step") is not None or bool(nonfinite.any())
+        return classify(_float(end.get("initial_loss")), _float(end.get("final_loss")), nonfinite=bad)
+    finite = loss[np.isfinite(loss)]
+    if not finite.size:
+        return "diverged" if nonfinite.any() else None
+    return classify(float(finite[0]), float(finite[-1]), nonfinite=bool(nonfinite.any()))
+
+
+def group_runs(runs: Sequence[Series]) -> list[Group]:
+    """The runs grouped by :attr:`Series.method`, groups in order of first appearance."""
+    groups: dict[str, Group] = {}
+    for s in runs:
+        groups.setdefault(s.method, Group(s.method, [])).runs.append(s)
+    return list(groups.values())
+
+
+def stack(runs: Sequence[Series], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, values)``: the union of the runs' steps and one row per run (NaN where a run has no record)."""
+    steps = np.unique(np.concatenate([s.step[np.isfinite(s.step)] for s in runs])) if runs else np.zeros(0)
+    out = np.full((len(runs), len(steps)), np.nan)
+    for i, s in enumerate(runs):
+        ok = np.isfinite(s.step)
+        out[i, np.searchsorted(steps, s.step[ok])] = getattr(s, key)[ok]
+    return steps, out
 
 
 def load_logs(logs: Iterable[str | Path | RunLog] | str | Path | RunLog) -> list[RunLog]:
-    """Read paths into :class:`RunLog` objects (a ``RunLog`` is kept as is).
+    """Read paths into :class:`RunLog` objects, one per run (a ``RunLog`` is kept as is).
+
+    A path gives one RunLog per run in it (:func:`gradclip.monitor.read_runs`: a resumed run
+    appends a run to its log); runs without a step record (killed before their first step) are
+    left out.
 
     Raises:
-        LogError: a file is missing, empty or corrupt (from :func:`gradclip.monitor.read_jsonl`).
+        LogError: a file is missing, empty or corrupt (from :func:`gradclip.monitor.read_runs`).
         InputTypeError: an entry is neither a path nor a ``RunLog``, or no log was given.
     """
+    from gradclip.monitor import read_runs
+
     if isinstance(logs, (str, Path, RunLog)):
         logs = [logs]
     out = []
@@ -71,7 +230,7 @@ def load_logs(logs: Iterable[str | Path | RunLog] | str | Path | RunLog) -> list
         if isinstance(item, RunLog):
             out.append(item)
         elif isinstance(item, (str, Path)):
-            out.append(read_jsonl(item))
+            out.extend(run for run in read_runs(item) if run.records)
         else:
             raise InputTypeError(f"A log must be a path or a gradclip.monitor.RunLog. Received: {type(item).__name__}.")
     if not out:
@@ -94,7 +253,7 @@ def _layers(records: Sequence[dict[str, Any]]) -> tuple[list[str], np.ndarray, n
 
 
 def series(log: RunLog) -> Series:
-    """The per-step arrays of one run log.
+    """The per-step arrays of one run log, with its method, policy, outcome and spike flags.
 
     Example:
         >>> from pathlib import Path
@@ -111,7 +270,7 @@ def series(log: RunLog) -> Series:
     def flag(key: str) -> np.ndarray:
         return np.array([r.get(key) is True for r in recs], dtype=bool)
 
-    norm = col("norm")
+    norm, loss = col("norm"), col("loss")
     # a record with a null norm and no explicit flag is non-finite too (writers store NaN/Inf as null)
     nonfinite = flag("nonfinite") | np.array(["norm" in r and r["norm"] is None for r in recs], dtype=bool)
     step = np.array([_float(r.get("step", i)) for i, r in enumerate(recs)])
@@ -121,11 +280,17 @@ def series(log: RunLog) -> Series:
         if (r.get("nonfinite") is True or r.get("norm", 0.0) is None) and offenders:
             first = offenders[0] if isinstance(offenders[0], dict) else {"name": str(offenders[0])}
             break
+    spike, judged = detect_spikes(norm)
+    logged = any("spike" in r for r in recs)
+    if logged:
+        spike = flag("spike")
+        judged = judged or bool(spike.any())
     return Series(
         label=log.label, path=log.path, step=step, norm=norm, clipped_norm=col("clipped_norm"),
-        threshold=col("threshold"), loss=col("loss"), clipped=flag("clipped"), spike=flag("spike"),
+        threshold=col("threshold"), loss=loss, clipped=flag("clipped"), spike=spike,
         nonfinite=nonfinite, skipped=flag("skipped"), first_offender=first, layers=_layers(recs),
-        truncated=log.truncated,
+        truncated=log.truncated, method=method_of(log), policy=policy_of(log),
+        outcome=_outcome(log, loss, nonfinite), end=log.end, spikes_logged=logged, spikes_judged=judged,
     )
 
 
@@ -139,8 +304,46 @@ def _offender_text(offender: dict[str, Any] | None) -> str | None:
     return " ".join([text, *counts])
 
 
+def _end_number(end: dict[str, Any] | None, key: str) -> float | None:
+    value = _float((end or {}).get(key))
+    return value if math.isfinite(value) else None
+
+
+def _row(s: Series) -> dict[str, Any]:
+    finite = s.norm[np.isfinite(s.norm)]
+    pct = np.percentile(finite, PERCENTILES) if finite.size else [None] * len(PERCENTILES)
+    bad = np.flatnonzero(s.nonfinite)
+    losses = s.loss[np.isfinite(s.loss)]
+    healthy = ~s.nonfinite  # a non-finite step is not a clipping decision
+    end = s.end or {}
+    if isinstance(end.get("steps"), int):
+        steps = end["steps"]
+    else:
+        steps = int(np.sum(healthy & ~s.skipped))
+    clipped = _end_number(end, "clipped_fraction")
+    clipped_pct = 100.0 * clipped if clipped is not None else (
+        100.0 * float(s.clipped[healthy].mean()) if healthy.any() else 0.0)
+    row: dict[str, Any] = {"label": s.label, "method": s.method, "path": str(s.path), "outcome": s.outcome,
+                           "steps": steps, "logged_steps": len(s.step), "clipped_pct": clipped_pct}
+    for p, value in zip(PERCENTILES, pct):
+        row[f"norm_p{p}"] = None if value is None else float(value)
+    row.update({
+        "norm_max": float(finite.max()) if finite.size else None,
+        "spikes": int(s.spike.sum()) if s.spikes_judged else None,
+        "spikes_note": None if s.spikes_judged else f"n/a: {finite.size} finite norms",
+        "spikes_source": "log" if s.spikes_logged else "detector",
+        "nonfinite_steps": int(s.nonfinite.sum()),
+        "first_nonfinite_step": int(s.step[bad[0]]) if bad.size else None,
+        "first_offender": _offender_text(s.first_offender),
+        "final_loss": _end_number(end, "final_loss"),
+        "last_batch_loss": float(losses[-1]) if losses.size else None,
+        "truncated": s.truncated,
+    })
+    return row
+
+
 def summarize(logs: Iterable[str | Path | RunLog] | str | Path | RunLog) -> list[dict[str, Any]]:
-    """The numbers of the report's summary table: one dict per run, in the order given.
+    """The numbers of the report's per-run table: one dict per run, in the order given.
 
     Percentiles use NumPy's default (linear) method over the finite pre-clip norms only; a
     non-finite (null) norm counts in ``nonfinite_steps`` instead.
@@ -149,11 +352,17 @@ def summarize(logs: Iterable[str | Path | RunLog] | str | Path | RunLog) -> list
         logs: Paths of JSONL logs or :class:`gradclip.monitor.RunLog` objects.
 
     Returns:
-        Per run: ``label``, ``path``, ``steps`` (records), ``clipped_pct`` (% of steps where
-        clipping changed the gradients), ``norm_p50``/``norm_p90``/``norm_p99``/``norm_max``
-        (``None`` without a finite norm), ``spikes``, ``nonfinite_steps``,
+        Per run: ``label``, ``method``, ``path``, ``outcome`` (``end["outcome"]``, else classified
+        from the first and last finite batch loss; ``None`` without a loss), ``steps`` (optimizer
+        steps: ``end["steps"]``, else the records neither skipped nor non-finite),
+        ``logged_steps`` (records, the non-finite one included), ``clipped_pct`` (% of the finite
+        steps where the run's policy changed the gradients), ``norm_p50``/``norm_p90``/
+        ``norm_p99``/``norm_max`` (``None`` without a finite norm), ``spikes`` (by
+        :data:`SPIKE_DEFINITION`; ``None`` when the run is too short to judge, ``spikes_note``
+        then says why), ``spikes_source`` (``"log"`` or ``"detector"``), ``nonfinite_steps``,
         ``first_nonfinite_step`` and ``first_offender`` (``None`` when there is none),
-        ``final_loss`` and ``truncated``.
+        ``final_loss`` (on the whole training set, from the end record; ``None`` without one or
+        when the run diverged), ``last_batch_loss`` (the last finite batch loss) and ``truncated``.
 
     Raises:
         LogError: a file is missing, empty or corrupt.
@@ -163,29 +372,48 @@ def summarize(logs: Iterable[str | Path | RunLog] | str | Path | RunLog) -> list
         >>> from gradclip.monitor import RunLog
         >>> recs = [{"step": i, "norm": float(i + 1), "clipped": i >= 2} for i in range(4)]
         >>> row = summarize([RunLog(Path("run.jsonl"), recs)])[0]
-        >>> row["steps"], row["clipped_pct"], row["norm_max"]
-        (4, 50.0, 4.0)
+        >>> row["steps"], row["clipped_pct"], row["norm_max"], row["spikes_note"]
+        (4, 50.0, 4.0, 'n/a: 4 finite norms')
     """
-    rows = []
-    for log in load_logs(logs):
-        s = series(log)
-        finite = s.norm[np.isfinite(s.norm)]
-        pct = np.percentile(finite, PERCENTILES) if finite.size else [None] * len(PERCENTILES)
-        bad = np.flatnonzero(s.nonfinite)
-        losses = s.loss[np.isfinite(s.loss)]
-        row: dict[str, Any] = {"label": s.label, "path": str(s.path), "steps": len(s.step),
-                               "clipped_pct": 100.0 * float(s.clipped.mean()) if len(s.step) else 0.0}
-        for p, value in zip(PERCENTILES, pct):
-            row[f"norm_p{p}"] = None if value is None else float(value)
-        row.update({
-            "norm_max": float(finite.max()) if finite.size else None,
-            "spikes": int(s.spike.sum()),
-            "nonfinite_steps": int(s.nonfinite.sum()),
-            "first_nonfinite_step": int(s.step[bad[0]]) if bad.size else None,
-            "first_offender": _offender_text(s.first_offender),
-            "final_loss": float(s.loss[-1]) if len(s.loss) and np.isfinite(s.loss[-1]) else None,
-            "last_finite_loss": float(losses[-1]) if losses.size else None,
-            "truncated": s.truncated,
+    return [_row(series(log)) for log in load_logs(logs)]
+
+
+def summarize_methods(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method (in order of first appearance): runs, outcomes, and means over the ``ok`` runs.
+
+    Args:
+        rows: :func:`summarize` rows.
+
+    Returns:
+        Per method: ``method``, ``runs``, ``outcomes`` (``{outcome: count}``), ``ok`` (count),
+        ``mean_final_loss`` over the ok runs (the training-set loss when every ok run has one,
+        else the last batch loss; ``loss_kind`` says which; ``None`` without an ok run),
+        ``clipped_pct`` (mean over runs), ``spikes`` (total over the runs that could be judged,
+        ``None`` when none could) and ``first_nonfinite_steps``.
+
+    Example:
+        >>> rows = [{"method": "m", "outcome": o, "final_loss": l, "last_batch_loss": l, "clipped_pct": 50.0,
+        ...          "spikes": None, "first_nonfinite_step": None} for o, l in [("ok", 1.0), ("ok", 3.0), ("exploded", 9e9)]]
+        >>> m = summarize_methods(rows)[0]
+        >>> m["runs"], m["ok"], m["mean_final_loss"], m["loss_kind"]
+        (3, 2, 2.0, 'train set')
+    """
+    by: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by.setdefault(row["method"], []).append(row)
+    out = []
+    for method, runs in by.items():
+        ok = [r for r in runs if r["outcome"] == "ok"]
+        kind = "train set" if ok and all(r["final_loss"] is not None for r in ok) else "last batch"
+        losses = [r["final_loss"] if kind == "train set" else r["last_batch_loss"] for r in ok]
+        losses = [x for x in losses if x is not None]
+        judged = [r["spikes"] for r in runs if r["spikes"] is not None]
+        out.append({
+            "method": method, "runs": len(runs),
+            "outcomes": {o: n for o in OUTCOMES if (n := sum(r["outcome"] == o for r in runs))},
+            "ok": len(ok), "mean_final_loss": float(np.mean(losses)) if losses else None, "loss_kind": kind,
+            "clipped_pct": float(np.mean([r["clipped_pct"] for r in runs])),
+            "spikes": sum(judged) if judged else None,
+            "first_nonfinite_steps": [r["first_nonfinite_step"] for r in runs if r["first_nonfinite_step"] is not None],
         })
-        rows.append(row)
-    return rows
+    return out
