@@ -195,6 +195,7 @@ def test_distributed_options_are_checked_without_a_world():
 @slow
 def test_ddp_runner_reports_the_numbers_of_one_process(tmp_path):
     import dataclasses
+    import json
 
     from gradclip.experiments import _torch, get_task
     from gradclip.experiments._ddp import Pool
@@ -213,8 +214,9 @@ def test_ddp_runner_reports_the_numbers_of_one_process(tmp_path):
         assert abs(a.max_grad_norm - b.max_grad_norm) <= 1e-5 * b.max_grad_norm
         if not b.diverged:
             assert abs(a.final_loss - b.final_loss) <= 1e-5 * b.final_loss, "equal up to rounding"
-    log = (tmp_path / "norm:1.0.jsonl").read_text().splitlines()
-    assert len(log) == ddp[0].steps, "rank 0 alone writes the per-step log"
+    log = [json.loads(line) for line in (tmp_path / "norm:1.0.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in (log[0], log[-1])] == ["start", "end"]
+    assert len(log) == ddp[0].steps + 2, "rank 0 alone writes the per-step log (start, steps, end)"
 
 
 def test_cli_compare_passes_nproc(monkeypatch, capsys):

@@ -290,6 +290,8 @@ def test_gradient_monitor_logs_each_batch_loss_not_the_running_mean(tmp_path, mo
     # lr 0 keeps the weights, so every batch's loss is known; batch 1 of 4 has a 30x target (a loss
     # spike) and the last batch is smaller (32 = 10 + 10 + 10 + 2): Keras's logs["loss"] is the
     # sample-weighted running mean of the epoch, which smooths the spike away and restarts each epoch.
+    if mode == "steps_per_execution" and BACKEND == "torch":
+        pytest.skip("Keras's torch backend refuses steps_per_execution > 1")
     y = Y.copy()
     y[10:20] *= 30
     group = 1 if mode == "batch" else 2

@@ -183,8 +183,8 @@ def method_runs(method: str, seeds: int = 3, n: int = 60, diverge_at: int | None
                 clip: str = "sometimes") -> list[RunLog]:
     """RunLogs as ``gradclip compare`` writes them (start meta, end result), built in memory.
 
-    ``diverge_at``: the norm and loss grow by 1e3 per step from there and the next step is
-    non-finite. ``clip``: ``"always"``, ``"never"`` or ``"sometimes"`` (norm above 1.5).
+    ``diverge_at``: the norm and loss grow by 1e3 per step from there to 1e15, then a step is
+    non-finite (at ``diverge_at + 4``). ``clip``: ``"always"``, ``"never"`` or ``"sometimes"`` (norm above 1.5).
     """
     out = []
     for seed in range(seeds):
@@ -193,7 +193,7 @@ def method_runs(method: str, seeds: int = 3, n: int = 60, diverge_at: int | None
             r.pop("spike")  # compare logs carry no spike flag
             r["clipped"] = {"always": True, "never": False}.get(clip, r["clipped"])
         if diverge_at is not None:
-            recs = recs[:diverge_at + 2]
+            recs = recs[:diverge_at + 5]
             for k, r in enumerate(recs[diverge_at:-1], start=1):
                 r.update(norm=10.0 ** (3 * k + 3), clipped_norm=10.0 ** (3 * k + 3), loss=10.0 ** (3 * k + 4))
             recs[-1].update(norm=None, clipped_norm=None, loss=None, clipped=False, nonfinite=True)
@@ -224,7 +224,7 @@ def test_a_run_that_blew_up_does_not_set_the_y_range_and_is_marked_once():
     assert max(s.norm[np.isfinite(s.norm)].max() for s in runs) >= 1e15
     assert ax.get_ylim()[1] < 1e3  # set by the ok runs (norms of a few units), with head room for the label
     notes = [t.get_text() for t in ax.texts]
-    assert notes == ["none: non-finite @ step 7 (3 of 3 runs)"]  # once per method, not per seed
+    assert notes == ["none: non-finite @ step 9 (3 of 3 runs)"]  # once per method, not per seed
 
 
 def test_no_threshold_line_for_value_clipping():
@@ -262,7 +262,7 @@ def test_spikes_are_scored_by_the_monitor_detector_when_the_log_has_no_flags():
     expected = sum(detector.update(r["norm"])[0] for r in recs)
     assert row["spikes"] == expected == 1 and row["spikes_source"] == "detector"
     short = summarize(method_runs("none", seeds=1, diverge_at=3))[0]
-    assert short["spikes"] is None and short["spikes_note"] == "n/a: 5 finite norms"
+    assert short["spikes"] is None and short["spikes_note"] == "n/a: 7 finite norms"
     assert summarize_methods([short])[0]["spikes"] is None
 
 

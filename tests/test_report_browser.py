@@ -1,4 +1,5 @@
-"""The report in a real browser: headless Chromium loads every image, logs no error, draws a page.
+"""The report in a real browser: headless Chromium loads every image, logs no error, draws a page,
+for a two-run report and for a grouped one of 27 runs (9 methods x 3 seeds, some diverging, per-layer norms).
 
 Chromium comes from the Debian package ``chromium``; ``.ci/run`` / ``make test`` install it with
 ``apt-get install -y --no-install-recommends chromium`` when missing. This test tries that install
@@ -22,7 +23,13 @@ pytest.importorskip("matplotlib")
 
 from gradclip.report import build_report  # noqa: E402
 
-from test_report import NAN_STEP, synthetic_records, write_log  # noqa: E402
+from test_report import NAN_STEP, method_runs, synthetic_records, write_log  # noqa: E402
+
+#: The 27-run comparison: (method, keyword arguments of ``method_runs``).
+METHODS = (("none", {"diverge_at": 3, "clip": "never"}), ("value:1.0", {"clip": "always"}),
+           ("norm:1.0", {"clip": "always"}), ("zclip", {"diverge_at": 3}), ("autoclip:p=10", {}),
+           ("adagc", {"clip": "always"}), ("maxhist:5", {"diverge_at": 5}), ("spikeguard+norm:1.0", {}),
+           ("agc:0.01", {"clip": "always"}))
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -83,12 +90,18 @@ def _png_stats(path: Path) -> tuple[int, int, int]:
     return width, height, len(set(zlib.decompress(idat)))
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", params=["two-runs", "27-runs"])
+def report(request, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("browser")
-    a = write_log(tmp / "a.jsonl", synthetic_records("clipped", layers=True))
-    b = write_log(tmp / "b.jsonl", synthetic_records("exploding", seed=1, nan_at=NAN_STEP, scale=3.0))
-    return build_report([a, b], tmp / "report.html")
+    if request.param == "two-runs":
+        a = write_log(tmp / "a.jsonl", synthetic_records("clipped", layers=True))
+        b = write_log(tmp / "b.jsonl", synthetic_records("exploding", seed=1, nan_at=NAN_STEP, scale=3.0))
+        return build_report([a, b], tmp / "report.html")
+    logs = [log for method, kwargs in METHODS for log in method_runs(method, n=200, layers=True, **kwargs)]
+    out = build_report(logs, tmp / "report.html")
+    text = out.read_text(encoding="utf-8")
+    assert text.count('id="plot-layers-') == len(METHODS)  # one heatmap per method, not per run
+    return out
 
 
 def test_screenshot_is_not_blank(chromium, report, tmp_path):

@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 
 import gradclip  # noqa: E402
 import gradclip.torch as gct  # noqa: E402
+from gradclip import _reference as ref  # noqa: E402
 from gradclip._ops import NumpyOps  # noqa: E402
 from gradclip._policies import Chain, Measurement, SpikeGuard, chain  # noqa: E402
 
@@ -172,3 +173,51 @@ def test_zero_gradients_are_never_spikes_and_enter_the_window():
     assert not any(bool(s.skipped) for s, _ in results)
     state = clipper.state_dict()["state"]
     assert float(state["count"]) == 4.0 and float(state["norms"].abs().sum()) == 0.0
+
+
+# -- the max_norm cap (default 1.0: OLMo 2 clips to 1.0 and skips spikes) ------------------------
+
+
+@pytest.mark.parametrize("on_spike", ["skip", "clip"])
+@pytest.mark.parametrize("max_norm", [1.0, 3.0, None])
+def test_numpy_policy_with_cap_matches_reference(on_spike, max_norm):
+    norms = _norm_sequence() * np.where(np.arange(300) % 3 == 0, 1.5, 0.8)  # some above 1, some below
+    policy = SpikeGuard(16, 8, 3.0, on_spike=on_spike, max_norm=max_norm)
+    want = ref.spike_guard(norms, 16, 8, 3.0, on_spike, max_norm)
+    state = policy.init_state(np.float64(0), NumpyOps)
+    for i, g in enumerate(norms):
+        d, state = policy.decide(Measurement(norm=np.float64(g), finite=np.isfinite(g)), state, NumpyOps)
+        assert float(d.threshold) == pytest.approx(want["threshold"][i], rel=1e-12), i
+        assert bool(d.skip is not None and d.skip) == want["skipped"][i], i
+        coef = 1.0 if d.coef is None else float(d.coef)
+        assert coef == pytest.approx(want["coef"][i], rel=1e-12, nan_ok=True), i
+    assert want["skipped"].any() == (on_spike == "skip")
+    assert (want["coef"] < 1).any() == (on_spike == "clip" or max_norm is not None)
+
+
+def test_reference_without_cap_is_the_plain_rule():
+    norms = list(_norm_sequence())
+    want = ref.spike_guard(norms, 16, 8, 3.0, max_norm=None)
+    for (spike, limit), thr, skipped in zip(spike_oracle(norms, 16, 8, 3.0), want["threshold"], want["skipped"]):
+        assert skipped == spike and thr == pytest.approx(limit, rel=1e-12)
+
+
+def test_default_cap_protects_the_first_steps_through_the_clipper():
+    """Before min_history norms nothing can be a spike: only the cap clips (norms 300 -> 1)."""
+    norms = [300.0, 320.0, 0.5, 310.0]
+    results, _ = _run_torch(SpikeGuard(window=8, min_history=4), norms)
+    want = ref.spike_guard(norms, 8, 4)
+    for (stats, grad), g, c in zip(results, norms, want["coef"]):
+        assert not bool(stats.skipped) and float(stats.threshold) == 1.0
+        assert float(stats.coef) == pytest.approx(c, rel=1e-15)
+        assert float(torch.linalg.vector_norm(grad)) == pytest.approx(min(g, 1.0), rel=1e-6)
+
+
+def test_spec_cap():
+    assert SpikeGuard().max_norm == 1.0
+    p = gradclip.parse_policy("spikeguard:cap=none")
+    assert p == SpikeGuard(max_norm=None) and gradclip.parse_policy(p.spec()) == p
+    spec = gradclip.parse_policy("spikeguard:max_norm=2,on_spike=clip").spec()
+    assert spec == "spikeguard:on_spike=clip,max_norm=2.0"
+    with pytest.raises(gradclip.ConfigError, match="max_norm must be >= 0. Received: -1.0"):
+        SpikeGuard(max_norm=-1)

@@ -208,5 +208,6 @@ def test_compare_framework_tensorflow_shows_the_before_after_picture(tmp_path):
     none, norm = out["runs"]
     assert none["diverged"] and none["first_nonfinite_step"] is not None
     assert not norm["diverged"] and norm["final_loss"] < 5.0
-    first = json.loads(open(norm["log"]).readline())
+    start, first = map(json.loads, open(norm["log"]).readlines()[:2])
+    assert start["event"] == "start" and start["framework"] == "tensorflow"
     assert first["clipped"] and first["clipped_norm"] == pytest.approx(1.0, rel=1e-5)

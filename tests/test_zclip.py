@@ -93,6 +93,23 @@ def test_numpy_policy_matches_oracle_with_nonfinite_and_small_warmup():
     assert got["count"][:6].tolist() == [1, 1, 2, 2, 3, 4]
 
 
+def test_default_cap_protects_the_warmup_and_stays_like_the_official_code():
+    """Defaults: max_norm=1.0 (the package's max_grad_norm) clips the warm-up steps, which the
+    z-score cannot, and every later step; the oracle with its defaults agrees."""
+    policy = ZClip()
+    assert policy.max_norm == 1.0 and policy.spec() == "zclip"
+    norms = _norm_sequence(seed=3, n=200) * 300.0  # norms of hundreds, as on the regression demo
+    want = ref.zclip_trajectory(norms)
+    got = _run_numpy(policy, norms)
+    _assert_same_trajectory(got, want, rtol=1e-12, warmup=policy.warmup_steps)
+    assert got["threshold"].tolist() == [1.0] * 200  # min(g*, 1) on spikes, 1 otherwise
+    np.testing.assert_allclose(got["coef"], 1.0 / (norms + EPS), rtol=1e-15)
+    # without the cap the 25 warm-up steps, and every step that is no spike, pass unclipped
+    free = _run_numpy(ZClip(max_norm=None), norms)
+    assert (free["coef"][:25] == 1.0).all() and (free["threshold"][:25] == INF).all()
+    np.testing.assert_array_equal(free["mu"], got["mu"])  # the cap never feeds the statistics
+
+
 # -- by hand ------------------------------------------------------------------------------------
 
 # warm-up [1, 3] -> mu = 2, var = 1 (population); alpha = 0.5, z_thresh = 2, eps = 0.

@@ -42,7 +42,9 @@ class SpikeGuard(Policy):
     torch's coefficient ``max_norm / (norm + 1e-6)`` when ``norm > max_norm``) at every step:
     OLMo 2's recipe, which clips to 1.0 and skips spikes. Spikes are detected on the pre-clip
     norm, and the window records pre-clip norms. ``max_norm=None`` is the skip rule alone (chain
-    it with a clipper yourself: ``"spikeguard:max_norm=none+norm:1.0"``).
+    it with a clipper yourself: ``"spikeguard:max_norm=none+norm:1.0"``). In a chain, later
+    members see the capped gradients; pass ``max_norm=None`` when they should see the raw norms
+    (``"spikeguard:max_norm=none+zclip"``). Norms below ``max_norm`` never meet the cap.
 
     **Reported threshold**: the largest norm that passes unchanged: ``min(mean + sigma·std,
     max_norm)``, ``max_norm`` (or ``inf`` without a cap) before ``min_history`` norms.

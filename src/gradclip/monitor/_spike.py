@@ -1,4 +1,13 @@
-"""Spike detection on the global gradient norm: a rolling mean/std z-score."""
+"""Spike detection on the global gradient norm: a rolling mean/std z-score.
+
+This is gradclip's one definition of a *spike*, used by the Monitor (its ``spike`` flag) and by
+the report: a finite pre-clip global norm more than ``z`` = 4 standard deviations above the mean
+of the previous ``window`` = 50 finite norms, judged once ``min_history`` = 10 earlier finite
+norms exist. The report scores logs without ``spike`` flags (``gradclip compare`` logs) with
+``SpikeDetector()`` and its defaults, and says "n/a" for a run too short to judge. A clipping
+policy's own decisions (ZClip's z = 2.5, SpikeGuard's skips) are not spikes: the report counts
+them as "% clipped by policy".
+"""
 
 from __future__ import annotations
 

@@ -119,11 +119,11 @@ def _warnings(runs: Sequence[Any], groups: Sequence[Group], rows: Sequence[dict[
 
 
 def _heading(runs: Sequence[Any], groups: Sequence[Group]) -> str:
-    folders = list(dict.fromkeys(str(s.path.parent) for s in runs))
+    folders = [f for f in dict.fromkeys(str(s.path.parent) for s in runs) if f != "."]
     where = ", ".join(folders[:3]) + (f" and {len(folders) - 3} more folders" if len(folders) > 3 else "")
     shape = (f"{len(runs)} runs of {len(groups)} methods" if len(groups) < len(runs) else
              f"{len(runs)} run{'s' if len(runs) != 1 else ''}")
-    return (f'<p class="meta">{html.escape(shape)} from {html.escape(where)}. '
+    return (f'<p class="meta">{html.escape(shape)}{" from " + html.escape(where) if where else ""}. '
             f"Generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by gradclip.</p>")
 
 

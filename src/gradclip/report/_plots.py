@@ -384,7 +384,9 @@ def layer_heatmaps(runs: Sequence[Series], max_layers: int = 60) -> list[tuple[s
         from matplotlib.ticker import MaxNLocator
 
         nice = [x for x in MaxNLocator(nbins=8, integer=True).tick_values(steps[0], steps[-1]) if steps[0] <= x <= steps[-1]]
-        ticks = np.unique(np.searchsorted(steps, nice))
+        ticks = np.flatnonzero(np.isin(steps, nice))  # round steps that were recorded, else spread evenly
+        if ticks.size < 2:
+            ticks = np.unique(np.linspace(0, len(steps) - 1, num=min(len(steps), 8)).astype(int))
         ax.set_xticks(ticks, [str(int(steps[t])) for t in ticks], fontsize=8)
         ax.set_xlabel("step")
         ax.set_title(f"{g.name} ({how})" if len(g.runs) > 1 else g.name, fontsize=10)
