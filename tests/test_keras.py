@@ -332,6 +332,10 @@ def test_gradient_monitor_appends_to_an_existing_log_with_a_start_record(tmp_pat
     runs = read_runs(log)
     assert [r.label for r in runs] == ["first", "second"] and [len(r.records) for r in runs] == [4, 4]
     assert runs[1].meta["resumed"] is True and runs[0].end["steps"] == 4
+    assert runs[0].meta["framework"] == "keras"  # so `gradclip suggest` prints a Keras snippet
+    from gradclip.report import suggest
+
+    assert suggest(log)["recommended"]["python"].startswith("gradclip.keras.wrap(")
 
 
 def test_gradient_monitor_needs_a_wrapped_optimizer():

@@ -301,3 +301,23 @@ def test_runs_with_different_labels_keep_them(tmp_path):
     _log(path, run="lr=0.1")
     _log(path, run="lr=0.01")
     assert [run.label for run in read_runs(path)] == ["lr=0.1", "lr=0.01"]
+
+
+def test_end_record_says_how_the_run_went_by_the_one_definition(tmp_path):
+    import json
+
+    import torch
+
+    log = tmp_path / "run" / "grads.jsonl"
+    model = torch.nn.Linear(3, 1)
+    with Monitor([f"jsonl:{log}"]) as monitor:
+        for loss in (100.0, 80.0, 5e4):  # rose to 500x the first loss: exploded, though never NaN
+            model.zero_grad()
+            model(torch.ones(2, 3)).sum().backward()
+            monitor.step(model, loss=loss)
+        assert monitor.outcome == "exploded"
+    end = json.loads(log.read_text().splitlines()[-1])
+    assert end["event"] == "end" and end["outcome"] == "exploded" and end["framework"] == "torch"
+    with Monitor([lambda r: None]) as m2:
+        m2.step(model, loss=float("nan"))
+        assert m2.outcome == "diverged"

@@ -63,7 +63,7 @@ class GradientMonitor(keras.callbacks.Callback):
     def __init__(self, sinks: Iterable[Any] = (), *, monitor: Monitor | None = None, **monitor_kwargs: Any) -> None:
         super().__init__()
         self._owned = monitor is None
-        self.monitor = monitor if monitor is not None else Monitor(sinks, **monitor_kwargs)
+        self.monitor = monitor if monitor is not None else Monitor(sinks, **{"framework": "keras", **monitor_kwargs})
         self._epoch: int | None = None
         self._last_iteration = -1
         self._seen = (0.0, 0.0)  # the loss tracker's (total, count) at the last record

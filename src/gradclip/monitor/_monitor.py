@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import fnmatch
+import math
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -60,13 +61,17 @@ class Monitor:
         run: The run's label (legends, report rows). It is written into the start record and,
             when given, into every record (``"run"`` key). Default: ``parent/stem`` of the first
             ``jsonl:``/``csv:`` path (``runs/a/grads.jsonl`` gives ``"a/grads"``), else ``"run"``.
+        framework: The framework that trains (``"torch"``, ``"keras"``, ``"tensorflow"``),
+            written into the start record (``gradclip suggest`` writes its snippet for it). Default:
+            unknown at the start; the end record says ``"torch"`` when torch tensors were seen.
         overwrite: Truncate existing ``jsonl:``/``csv:`` files. By default (False) a log is never
             lost: an existing file is appended to, and the new run starts with a start record
             (``"resumed": true``; in CSV, a new header line).
 
     Every ``jsonl:`` log gets ``{"event": "start", "run": LABEL, "time": ISO-8601 UTC}`` when the
-    monitor opens it and ``{"event": "end", "run": LABEL, "time": ..., "steps": N}`` at
-    :meth:`close`; these event records are not steps (:func:`gradclip.monitor.read_runs` splits a
+    monitor opens it and ``{"event": "end", "run": LABEL, "time": ..., "steps": N, "outcome": ...}``
+    at :meth:`close` (``outcome``: :func:`gradclip._outcome.classify` of the first and last finite
+    loss logged and whether a step was non-finite; ``None`` without losses; also :attr:`outcome`); these event records are not steps (:func:`gradclip.monitor.read_runs` splits a
     file into its runs at the start records). Callables and plain ``write`` objects get steps only.
 
     Raises:
@@ -98,6 +103,7 @@ class Monitor:
         exclude: Sequence[str] = (),
         run: str | None = None,
         overwrite: bool = False,
+        framework: str | None = None,
     ) -> None:
         if per_layer not in PER_LAYER_MODES or not isinstance(per_layer, (bool, str)):
             raise ConfigError(f"per_layer must be True, False or 'on_anomaly'. Received: {per_layer!r}.")
@@ -115,6 +121,9 @@ class Monitor:
         if isinstance(sinks, (str, bytes)) or callable(sinks):
             sinks = [sinks]
         self.steps = 0
+        self.framework = framework
+        self._losses: list[float] = []  # first and last finite loss
+        self._nonfinite = False
         self.events: list[dict[str, Any]] = []
         self.last: dict[str, Any] | None = None
         self._pending: list[dict[str, Any]] = []
@@ -129,7 +138,8 @@ class Monitor:
             raise
         files = [s.path for s in self.sinks if isinstance(s, (JsonlSink, CsvSink))]
         self.label: str = run if run is not None else (path_label(files[0]) if files else "run")
-        emit_event(self.sinks, {"event": "start", "run": self.label, "time": _now()})
+        start = {"event": "start", "run": self.label, "time": _now()}
+        emit_event(self.sinks, {**start, "framework": framework} if framework else start)
 
     def __enter__(self) -> Monitor:
         return self
@@ -191,11 +201,28 @@ class Monitor:
         try:
             self.flush()
             if hasattr(self, "label"):  # not when a sink failed to open
-                emit_event(self.sinks, {"event": "end", "run": self.label, "time": _now(), "steps": self.steps})
+                emit_event(self.sinks, {"event": "end", "run": self.label, "time": _now(), "steps": self.steps,
+                                        "outcome": self.outcome, "framework": self.framework})
         finally:
             self._closed = True
             for sink in self.sinks:
                 sink.close()
+
+    @property
+    def outcome(self) -> str | None:
+        """How the run went so far, by the one definition of :mod:`gradclip._outcome`.
+
+        ``"diverged"`` once a step was non-finite or a loss NaN/Inf; else ``"exploded"``,
+        ``"stalled"`` or ``"ok"`` from the first and the last finite loss logged (batch losses);
+        ``None`` before two finite losses were logged.
+        """
+        from gradclip._outcome import classify
+
+        if self._nonfinite:
+            return "diverged"
+        if len(self._losses) < 2:
+            return None
+        return classify(self._losses[0], self._losses[-1])
 
     def attach(self, clipper: Any, *, optimizer: Any = None) -> Any:
         """Record every ``clipper.step(...)`` automatically (its parameters and its ClipStats).
@@ -236,6 +263,7 @@ class Monitor:
         if torch is not None and (parameters is not None or isinstance(clip_stats.norm, torch.Tensor)):
             from gradclip.torch._monitor import TorchStep
 
+            self.framework = self.framework or "torch"
             return TorchStep(parameters, clip_stats)
         if parameters is not None:
             raise InputTypeError("Monitor.step measures torch parameters; for other frameworks pass "
@@ -290,6 +318,11 @@ class Monitor:
             offenders=[{"name": o.name, "shape": list(o.shape), "nan": o.nan_count, "inf": o.inf_count} for o in offenders],
             layers=_layers(names, grad_norms, param_norms, lr, coef, bool(skipped)) if names is not None else None,
         )
+        if record["loss"] is not None and math.isfinite(record["loss"]):
+            self._losses = [*self._losses[:1], record["loss"]]
+        elif loss is not None:
+            self._nonfinite = True
+        self._nonfinite = self._nonfinite or bool(nonfinite)
         if spike:
             self.events.append({"step": step, "kind": "spike", "norm": norm, "z": z})
         if nonfinite:

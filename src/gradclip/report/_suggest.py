@@ -138,10 +138,11 @@ def analyse(logs: Iterable[str | Path | RunLog] | str | Path | RunLog) -> dict[s
         outcome = classify(first, last, nonfinite=nonfinite > 0) if losses.size or nonfinite else "unknown"
     kind = ["diverged" if outcome == "diverged" or nonfinite else "exploded" if outcome == "exploded" else "",
             "clipped" if clipped > 0 else "unclipped", "too short" if finite.size < MIN_STEPS else ""]
-    meta = next((log.meta for log in runs if log.meta.get("framework")), {})
+    meta = next((m for log in runs for m in (log.meta, log.end or {}) if m.get("framework")), {})
+    task = next((log.meta["task"] for log in runs if log.meta.get("task")), None)
     return {"logs": [str(s.path) for s in parts], "kind": [k for k in kind if k], "outcome": outcome,
             "steps": int(finite.size), "nonfinite_steps": nonfinite, "clipped_fraction": clipped,
-            "framework": meta.get("framework"), "task": meta.get("task"), "norms": finite,
+            "framework": meta.get("framework"), "task": task, "norms": finite,
             "used_threshold": _used_threshold(runs) if clipped > 0 else None}
 
 
