@@ -20,7 +20,6 @@ torch = pytest.importorskip("torch")
 import gradclip  # noqa: E402
 import gradclip.torch as gct  # noqa: E402
 from gradclip.monitor import SCALAR_KEYS, Monitor, read_jsonl, read_runs  # noqa: E402
-from conftest import tiny_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

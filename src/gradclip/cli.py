@@ -18,11 +18,12 @@ import argparse
 import os
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from gradclip import __version__
+from gradclip._argtypes import int_list, positive_int
 from gradclip._errors import ConfigError, GradclipError
 
 EXIT_USAGE = 2
@@ -46,34 +47,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> Any:  # type: ignore[override]
         raise UsageError(self.prog, f"{message}. See '{self.prog} --help'.")
-
-
-def int_list(example: str, minimum: int | None = None) -> Callable[[str], list[int]]:
-    """An argparse ``type`` for comma-separated integers (``"0,1,2"``), each at least ``minimum``."""
-
-    def parse(text: str) -> list[int]:
-        try:
-            values = [int(s) for s in text.split(",") if s.strip()]
-        except ValueError:
-            values = []
-        if not values or (minimum is not None and min(values) < minimum):
-            least = f", each {minimum} or more" if minimum is not None else ""
-            raise argparse.ArgumentTypeError(
-                f"expected comma-separated integers such as {example}{least}. Received: {text!r}")
-        return values
-
-    return parse
-
-
-def positive_int(text: str) -> int:
-    """An argparse ``type`` for a whole number, 1 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number, 1 or more. Received: {text!r}")
-    return value
 
 
 def method_examples() -> list[tuple[str, str, str]]:
@@ -156,9 +129,11 @@ def _add_compare_parser(sub: Any) -> None:
         "compare", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_compare_epilog(),
         help="train a small model with and without clipping and compare (the before/after experiment)",
         description=(
-            "Train one task with each clipping method and seed, and print a table: final loss, "
-            "whether training diverged (NaN/Inf) and when, the largest gradient norm, how often "
-            "clipping acted. Data comes from installed packages; nothing is downloaded."
+            "Train one task with each clipping method and seed, and print a table: final loss on the "
+            "training set, the run's outcome (diverged: a NaN/Inf loss or gradient; exploded: final loss "
+            "> 10x the initial; stalled: final loss not below 0.5x the initial; ok), the largest gradient "
+            "norm, how often clipping acted; then per method the outcomes and the mean final loss of the "
+            "ok runs. Data comes from installed packages; nothing is downloaded."
         ),
     )
     cmp.add_argument("--task", default="regression", help="task to run (default: regression; see 'tasks' below)")

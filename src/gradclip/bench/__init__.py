@@ -24,6 +24,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from gradclip._argtypes import int_list, positive_int
+
 __all__ = ["add_arguments", "main", "parse_args", "run", "run_and_print"]
 
 
@@ -32,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help=("a smoke run of every operation: workloads of 8M elements, 3 repetitions, 1 thread, "
                               "a smaller floor copy (well under a minute on 2 idle cores)"))
-    parser.add_argument("--reps", type=_count, default=None,
+    parser.add_argument("--reps", type=positive_int, default=None,
                         help=f"repetitions per operation (default: {REPS}, quick: {QUICK_REPS})")
     parser.add_argument("--threads", type=_thread_counts, default=None,
                         help="comma-separated torch thread counts (default: 1,2; quick: 1)")
@@ -48,30 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 REPS, QUICK_REPS = 11, 3
+#: ``--threads``: comma-separated torch thread counts, each 1 or more.
+_thread_counts = int_list("1,2", minimum=1)
 THREADS, QUICK_THREADS = [1, 2], [1]
-
-
-def _thread_counts(text: str) -> list[int]:
-    """``--threads``: comma-separated thread counts, each 1 or more (``"1,2"`` gives ``[1, 2]``)."""
-    try:
-        counts = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        counts = []
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated thread counts such as 1,2, each 1 or more. Received: {text!r}")
-    return counts
-
-
-def _count(text: str) -> int:
-    """``--reps``: a whole number, 1 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number, 1 or more. Received: {text!r}")
-    return value
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

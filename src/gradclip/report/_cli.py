@@ -11,6 +11,7 @@ import sys
 import warnings
 from typing import Any
 
+from gradclip._argtypes import int_list
 from gradclip._errors import GradclipError
 
 EXIT_USAGE = 2
@@ -47,7 +48,7 @@ def add_suggest_parser(subparsers: Any) -> argparse.ArgumentParser:
                          "log, or the built-in TASK given (regression, digits-lstm)"))
     p.add_argument("--framework", default=None, choices=("torch", "keras", "tensorflow"),
                    help="framework of the snippet and of --verify (default: the log's, else torch)")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds for --verify (default: %(default)s)")
+    p.add_argument("--seeds", type=int_list("0,1"), default=[0], help="comma-separated seeds for --verify (default: 0)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     return p
 
@@ -85,12 +86,7 @@ def run_suggest(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            seeds = [int(x) for x in args.seeds.split(",") if x.strip()] if args.seeds.replace(",", "").strip().isdigit() \
-                else None
-            if seeds is None:
-                return _fail("suggest", ValueError(f"--seeds takes comma-separated integers such as 0,1. "
-                                                   f"Received: {args.seeds!r}."))
-            advice = suggest(args.logs, verify=args.verify, framework=args.framework, seeds=seeds)
+            advice = suggest(args.logs, verify=args.verify, framework=args.framework, seeds=args.seeds)
         except GradclipError as exc:
             return _fail("suggest", exc)
     _show_warnings("suggest", caught)

@@ -287,8 +287,10 @@ def _recommend(info: dict[str, Any], cands: list[dict[str, Any]], norms: np.ndar
         name, why = _rule_pick(info)
         chosen = next((c for c in cands if c["name"] == name), cands[0])
         name, threshold, verified = chosen["name"], _round(chosen["threshold"]), False
-        why += (" No threshold trained with ended ok." if fixed else " UNVERIFIED: no candidate was trained with; "
-                "run `gradclip suggest LOG --verify` (or suggest(log, verify=fn)) to test them.")
+        how = ("run `gradclip suggest LOG --verify` to train the task with each candidate" if info["task"] else
+               "test them with gradclip.report.suggest(log, verify=fn), where fn(spec) trains your model with that "
+               "policy spec and returns the loss reached")
+        why += " No threshold trained with ended ok." if fixed else f" UNVERIFIED: no candidate was trained with; {how}."
     if verification:
         ok_adaptive = [t for t in verification["trials"] if t["threshold"] is None and t["outcome"] == "ok"]
         if ok_adaptive:
