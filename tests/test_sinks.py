@@ -83,7 +83,8 @@ def test_jsonl_appends_to_an_existing_log_and_marks_the_restart(tmp_path):
     stamp = datetime.datetime.fromisoformat(restart["time"])
     assert stamp.utcoffset() == datetime.timedelta(0)
     assert abs((datetime.datetime.now(datetime.timezone.utc) - stamp).total_seconds()) < 60
-    assert lines[6] == {"event": "end", "run": "first", "time": lines[6]["time"], "steps": 5}
+    assert lines[6] == {"event": "end", "run": "first", "time": lines[6]["time"], "steps": 5,
+                        "outcome": lines[6]["outcome"], "framework": "torch"}
     runs = read_runs(path)
     assert [run.records for run in runs] == [first, second] and runs[1].meta == restart
     assert read_jsonl(path).records == first + second  # every step record, none lost

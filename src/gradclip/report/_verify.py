@@ -96,10 +96,12 @@ def search(thresholds: dict[str, float], evaluate: Evaluator) -> list[dict[str, 
         (``threshold`` is ``None`` for the adaptive policies).
 
     Example:
-        >>> fake = from_function(lambda spec: abs(math.log10(float(spec[5:]))) + 0.1)  # best at 1
-        >>> best = search({"a": 100.0, "b": 0.01}, fake)[0]
-        >>> best["spec"], round(best["final_loss"], 2)
-        ('norm:1.0', 0.1)
+        >>> def fake_loss(spec):  # a task whose loss is lowest at threshold 1; adaptive policies reach 2
+        ...     return abs(math.log10(float(spec[5:]))) + 0.1 if spec.startswith("norm:") else 2.0
+        >>> fake = from_function(fake_loss)
+        >>> trials = search({"p50": 3.0, "p90": 30.0}, fake)  # 2 tried, 2 + 2 refined, 2 adaptive
+        >>> len(trials), trials[0]["name"], trials[0]["spec"], round(trials[0]["final_loss"], 2)
+        (8, 'p50/3.16', 'norm:0.949', 0.12)
     """
     tried: list[dict[str, Any]] = []
 
