@@ -284,7 +284,7 @@ def test_method_summary_means_over_ok_runs_only(tmp_path):
     m = summarize_methods(summarize(logs))[0]
     assert (m["runs"], m["ok"], m["outcomes"], m["mean_final_loss"]) == (3, 2, {"exploded": 1, "ok": 2}, 0.05)
     text = build_report(logs, tmp_path / "r.html").read_text(encoding="utf-8")
-    assert "0.05 (2 of 3 ok)" in text and 'class="o-exploded"' in text and "2 ok, 1 exploded" in text
+    assert "0.05 (2 of 3 ok)" in text and 'class="o-exploded"' in text and "ok 2, exploded 1" in text
 
 
 def _cli(argv: list[str]) -> int:

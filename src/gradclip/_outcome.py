@@ -28,8 +28,9 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
-__all__ = ["EXPLODE_FACTOR", "OUTCOMES", "STALL_FRACTION", "classify", "describe"]
+__all__ = ["EXPLODE_FACTOR", "OUTCOMES", "STALL_FRACTION", "classify", "count_text", "describe"]
 
 #: The four outcomes, worst first.
 OUTCOMES = ("diverged", "exploded", "stalled", "ok")
@@ -74,3 +75,14 @@ def describe() -> str:
     """
     return (f"outcome: diverged = a NaN/Inf loss or gradient; exploded = final loss > {EXPLODE_FACTOR:g}x the "
             f"initial loss; stalled = final loss not below {STALL_FRACTION:g}x the initial loss; ok = otherwise.")
+
+
+def count_text(outcomes: Iterable[str]) -> str:
+    """How many runs ended each way, best first: ``"ok 2, exploded 1"`` (the CLI table and the report).
+
+    Example:
+        >>> count_text(["stalled", "ok", "ok", "diverged"])
+        'ok 2, stalled 1, diverged 1'
+    """
+    names = list(outcomes)
+    return ", ".join(f"{o} {names.count(o)}" for o in reversed(OUTCOMES) if o in names)

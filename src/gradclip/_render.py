@@ -36,26 +36,13 @@ def _outcome_cell(run: dict[str, Any]) -> str:
     return outcome
 
 
-def outcome_counts(runs: list[dict[str, Any]]) -> str:
-    """``"ok 2, exploded 1"``: how many runs ended each way, worst last.
-
-    Example:
-        >>> outcome_counts([{"outcome": "ok", "diverged": False}, {"outcome": "stalled", "diverged": False}])
-        'ok 1, stalled 1'
-    """
-    from gradclip._outcome import OUTCOMES
-
-    names = [r.get("outcome") or ("diverged" if r["diverged"] else "ok") for r in runs]
-    return ", ".join(f"{o} {names.count(o)}" for o in reversed(OUTCOMES) if o in names)
-
-
 def compare_table(result: dict[str, Any]) -> str:
     """The table ``gradclip compare`` prints: one row per run, then one summary row per method.
 
     ``final loss`` is the loss on the whole training set after training (the JSON's
     ``final_loss``, the report's "final loss (train set)"); means are over ``ok`` runs only.
     """
-    from gradclip._outcome import describe
+    from gradclip._outcome import count_text, describe
 
     acc = any(r.get("test_accuracy") is not None for r in result["runs"])
     rows = []
@@ -73,7 +60,8 @@ def compare_table(result: dict[str, Any]) -> str:
         mine = [r for r in result["runs"] if r["method"] == method]
         ok = [r["final_loss"] for r in mine if (r.get("outcome") or ("diverged" if r["diverged"] else "ok")) == "ok"]
         mean = sum(ok) / len(ok) if ok else None
-        row = [method, outcome_counts(mine), f"{_fmt(mean)} ({len(ok)}/{len(mine)} ok)"]
+        row = [method, count_text(r.get("outcome") or ("diverged" if r["diverged"] else "ok") for r in mine),
+               f"{_fmt(mean)} ({len(ok)}/{len(mine)} ok)"]
         if acc:
             row.append(_fmt(sum(r["test_accuracy"] or 0.0 for r in mine) / len(mine), ".3f"))
         summary_rows.append(row)

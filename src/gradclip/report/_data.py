@@ -7,7 +7,6 @@ outcome (:mod:`gradclip._outcome`) and one spike count by one definition (:data:
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from gradclip._errors import GradclipError, InputTypeError
+from gradclip._errors import InputTypeError
 from gradclip._outcome import OUTCOMES, classify
 from gradclip.monitor import RunLog
 from gradclip.monitor._spike import SpikeDetector
+from gradclip.report._groups import is_global_norm_policy, method_of, policy_of
 
 #: Percentiles of the pre-clip global norm reported in the summary table.
 PERCENTILES = (50, 90, 99)
@@ -28,9 +28,6 @@ SPIKE_DEFINITION = (
     "{window} finite norms (the Monitor's SpikeDetector; judged once {min_history} earlier finite norms exist). "
     "Logs without spike flags are scored with the same detector; n/a = too few finite norms to judge."
 ).format(z=SpikeDetector().z, window=SpikeDetector().window, min_history=SpikeDetector().min_history)
-
-_SEED_SUFFIX = re.compile(r"\s+seed\s+\d+$")
-
 
 def _float(value: Any) -> float:
     """A record value as float; ``None``, bools, strings and lists become NaN."""
@@ -98,71 +95,6 @@ class Series:
         return self.outcome in ("ok", None)
 
 
-@dataclass
-class Group:
-    """The runs of one method (its seeds), in the order given."""
-
-    name: str
-    runs: list[Series]
-
-    def outcomes(self) -> dict[str, int]:
-        """``{outcome: count}`` over the runs, worst first, outcomes that occur only."""
-        counts = {o: sum(s.outcome == o for s in self.runs) for o in OUTCOMES}
-        return {o: n for o, n in counts.items() if n}
-
-    def outcome_text(self) -> str:
-        """``"3 ok"``, ``"2 stalled, 1 exploded"``, or ``"-"`` when no run has an outcome."""
-        return ", ".join(f"{n} {o}" for o, n in reversed(self.outcomes().items())) or "-"
-
-
-def method_of(log: RunLog) -> str:
-    """The method a run belongs to: ``meta["method"]``, else its label without ``" seed N"``.
-
-    Example:
-        >>> from pathlib import Path
-        >>> method_of(RunLog(Path("x.jsonl"), [{"run": "norm:1.0 seed 2"}]))
-        'norm:1.0'
-    """
-    method = log.meta.get("method")
-    if isinstance(method, str) and method:
-        return method
-    return _SEED_SUFFIX.sub("", log.label) or log.label
-
-
-def policy_of(log: RunLog) -> Any:
-    """The policy object of a run, from ``meta["policy"]``, ``meta["method"]`` or its method name; else ``None``."""
-    from gradclip import parse_policy
-
-    for spec in (log.meta.get("policy"), log.meta.get("method"), method_of(log)):
-        if isinstance(spec, str) and spec:
-            try:
-                return parse_policy(spec)
-            except (GradclipError, ValueError, TypeError):
-                continue
-    return None
-
-
-def is_global_norm_policy(policy: Any) -> bool:
-    """Whether a policy's threshold bounds the global gradient norm.
-
-    Global: ``GlobalNorm``, ``AutoClip`` (global scope), ``ZClip``, ``MaxNormHistory``,
-    ``SpikeGuard``, and a ``Chain`` whose last member is one of those (its logged threshold is the
-    last member's). Not global: ``Value`` (an element bound), ``PerTensorNorm``, ``AdaGC``,
-    ``AutoClip(scope="tensor")`` (per-tensor bounds), ``AGC`` (a per-unit ratio), ``NoClip``.
-
-    Example:
-        >>> import gradclip
-        >>> is_global_norm_policy(gradclip.parse_policy("norm:1.0")), is_global_norm_policy(gradclip.parse_policy("value:1.0"))
-        (True, False)
-    """
-    members = getattr(policy, "policies", None)
-    if members:
-        return is_global_norm_policy(members[-1])
-    if getattr(policy, "spec_name", "") in ("value", "none"):
-        return False
-    return not (policy.needs_tensor_norms or policy.needs_unit_norms)
-
-
 def detect_spikes(norm: np.ndarray) -> tuple[np.ndarray, bool]:
     """Spike flags of a norm series by :data:`SPIKE_DEFINITION`, and whether any step could be judged.
 
@@ -190,24 +122,6 @@ def _outcome(log: RunLog, loss: np.ndarray, nonfinite: np.ndarray) -> str | None
     if not finite.size:
         return "diverged" if nonfinite.any() else None
     return classify(float(finite[0]), float(finite[-1]), nonfinite=bool(nonfinite.any()))
-
-
-def group_runs(runs: Sequence[Series]) -> list[Group]:
-    """The runs grouped by :attr:`Series.method`, groups in order of first appearance."""
-    groups: dict[str, Group] = {}
-    for s in runs:
-        groups.setdefault(s.method, Group(s.method, [])).runs.append(s)
-    return list(groups.values())
-
-
-def stack(runs: Sequence[Series], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(steps, values)``: the union of the runs' steps and one row per run (NaN where a run has no record)."""
-    steps = np.unique(np.concatenate([s.step[np.isfinite(s.step)] for s in runs])) if runs else np.zeros(0)
-    out = np.full((len(runs), len(steps)), np.nan)
-    for i, s in enumerate(runs):
-        ok = np.isfinite(s.step)
-        out[i, np.searchsorted(steps, s.step[ok])] = getattr(s, key)[ok]
-    return steps, out
 
 
 def load_logs(logs: Iterable[str | Path | RunLog] | str | Path | RunLog) -> list[RunLog]:

@@ -11,8 +11,9 @@ from typing import Any
 from gradclip._outcome import describe
 from gradclip.monitor import RunLog
 from gradclip.report import _plots
-from gradclip.report._data import (PERCENTILES, SPIKE_DEFINITION, Group, group_runs, load_logs, method_of, series,
-                                   summarize, summarize_methods)
+from gradclip.report._data import PERCENTILES, SPIKE_DEFINITION, load_logs, series, summarize, summarize_methods
+from gradclip._outcome import count_text
+from gradclip.report._groups import Group, group_runs, method_of
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1280px;
@@ -86,7 +87,7 @@ def methods_table_html(methods: Sequence[dict[str, Any]]) -> str:
     for m in methods:
         loss = "-" if m["mean_final_loss"] is None else format(m["mean_final_loss"], ".4g")
         loss += f" ({m['ok']} of {m['runs']} ok" + (f", {m['loss_kind']})" if kind is None and m["ok"] else ")")
-        outcomes = ", ".join(f"{n} {o}" for o, n in reversed(m["outcomes"].items())) or "-"
+        outcomes = count_text(o for o, n in m["outcomes"].items() for _ in range(n)) or "-"
         steps = sorted(set(m["first_nonfinite_steps"]))
         cells = [(m["method"], "text"), (str(m["runs"]), "int"), (outcomes, "outcome"), (loss, "num"),
                  (f"{m['clipped_pct']:.1f}", "pct"), ("n/a" if m["spikes"] is None else str(m["spikes"]), "int"),

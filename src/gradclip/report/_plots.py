@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from gradclip.report._data import Group, Series, group_runs, stack
+from gradclip.report._data import Series
+from gradclip.report._groups import Group, group_runs, stack
 
 #: Ratio max/min of the positive values above which an axis switches to a log scale.
 WIDE_RANGE = 100.0

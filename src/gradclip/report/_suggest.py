@@ -34,7 +34,7 @@ import numpy as np
 from gradclip._errors import LogError
 from gradclip._outcome import classify
 from gradclip.monitor import RunLog
-from gradclip.report._data import load_logs, series
+from gradclip.report._data import detect_spikes, load_logs, series
 
 #: Fewer finite norms than this and the log is "too short": a loud warning, and no rule-based pick
 #: is better than a guess.
@@ -86,11 +86,8 @@ def zclip_end_threshold(norms: np.ndarray, alpha: float = ZCLIP_ALPHA, z: float 
 
 
 def _nonspike_max(norms: np.ndarray) -> tuple[float, int]:
-    """Largest norm the Monitor's spike detector does not flag, and how many it flags."""
-    from gradclip.monitor import SpikeDetector
-
-    detector = SpikeDetector()
-    flags = np.array([detector.update(float(g))[0] for g in norms], dtype=bool)
+    """Largest norm that is not a spike by the report's one definition, and how many are."""
+    flags, _ = detect_spikes(norms)
     return float(norms[~flags].max()), int(flags.sum())
 
 
