@@ -166,3 +166,26 @@ def test_real_sigint_during_compare(tmp_path):
     assert data["incomplete"] is True and 1 <= len(data["runs"]) < 9
     assert "incomplete: interrupted after" in stdout
     assert Path(tmp_path / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_whole_process_group_with_ddp_workers(tmp_path):
+    # a terminal's Ctrl-C reaches every process of the group: the DDP ranks must stay quiet
+    out = tmp_path / "r.json"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gradclip.cli", "compare", "--method", "norm:1.0", "--seeds", "0,1,2,3",
+         "--nproc", "2", "--json", str(out), "--no-report"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+    )
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith("[1/4] "):
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+    stdout, rest = proc.communicate(timeout=120)
+    err = "".join(lines) + rest
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert json.loads(out.read_text())["incomplete"] is True

@@ -137,12 +137,19 @@ def _stop(procs: list[Any], jobs: list[Any], folder: str) -> None:
 
 
 def _worker(rank: int, world: int, store: str, jobs: Any, results: Any) -> None:
-    """One rank: join the world, then train every run it is sent until it gets ``None``."""
+    """One rank: join the world, then train every run it is sent until it gets ``None``.
+
+    Ctrl-C in a terminal reaches the whole process group; a rank ignores it, and the parent, which
+    handles it (finished runs are kept), stops the pool.
+    """
+    import signal
+
     import torch
     import torch.distributed as dist
 
     from gradclip.experiments import _torch
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
                             timeout=timedelta(minutes=5))
