@@ -63,7 +63,7 @@ def test_any_os_error_on_a_path_is_one_line(log, tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["bench", "--threads", "abc"], "argument --threads: expected comma-separated thread counts"),
+        (["bench", "--threads", "abc"], "argument --threads: expected comma-separated integers such as 1,2, each 1 or more"),
         (["bench", "--threads", "0"], "each 1 or more"),
         (["bench", "--reps", "x"], "argument --reps"),
         (["compare", "--seeds", "x"], "argument --seeds: expected comma-separated integers"),
