@@ -221,3 +221,91 @@ def test_spec_cap():
     assert spec == "spikeguard:on_spike=clip,max_norm=2.0"
     with pytest.raises(gradclip.ConfigError, match="max_norm must be >= 0. Received: -1.0"):
         SpikeGuard(max_norm=-1)
+
+
+# A member that can skip, followed by a per-tensor policy that creates its state on first sight
+# (AdaGC's "gamma.<name>"): these chains used to fail at the first step with KeyError 'gamma.<name>'.
+SKIP_THEN_PER_TENSOR = [
+    "spikeguard+adagc",
+    "zclip:skip=true+adagc",
+    "spikeguard:w=4,n=2,s=1,cap=none+adagc:warmup=2",
+    "zclip:w=2,z=1,skip=true,cap=none+adagc:warmup=2",
+]
+_SCALES = [1.0, 1.1, 0.9, 1.0, 50.0, 1.0, 1.05, 60.0, 0.95]  # two spikes
+_SHAPES = [(3, 2), (4,)]
+
+
+def _chain_grads(step):
+    rng = np.random.default_rng(step)
+    return [(rng.standard_normal(s) * _SCALES[step]).astype(np.float32) for s in _SHAPES]
+
+
+def _numpy_run(spec, names):
+    """gradclip's NumPy step of the same chain: (new grads, skipped, state) per step."""
+    from gradclip import _step
+
+    policy = gradclip.parse_policy(spec)
+    state, _ = _step.initial_state(policy, _SHAPES, names, np.float32)
+    out = []
+    for t in range(len(_SCALES)):
+        grads, outcome, new = _step.run(policy, _chain_grads(t), state, NumpyOps, names=names)
+        if bool(outcome.skipped):  # a skipped step leaves the per-tensor member's state alone
+            assert all(np.array_equal(new[k], state[k]) for k in state if k.startswith("1."))
+        state = new
+        out.append((grads, bool(outcome.skipped)))
+    return out
+
+
+@pytest.mark.parametrize("spec", SKIP_THEN_PER_TENSOR)
+def test_chain_skip_then_adagc_runs_in_torch(spec):
+    params = [torch.nn.Parameter(torch.zeros(s)) for s in _SHAPES]
+    clipper = gct.Clipper(spec)
+    want = _numpy_run(spec, ("0", "1"))
+    for t, (grads, skipped) in enumerate(want):
+        for p, g in zip(params, _chain_grads(t)):
+            p.grad = torch.from_numpy(g.copy())
+        stats = clipper.step(params)
+        assert bool(stats.skipped) == skipped
+        for p, g in zip(params, grads):
+            np.testing.assert_allclose(p.grad.numpy(), g, rtol=1e-5, atol=1e-7)
+    if spec.count(",") > 2:  # the short-window chains do skip
+        assert any(s for _, s in want)
+
+
+@pytest.mark.parametrize("spec", SKIP_THEN_PER_TENSOR)
+def test_chain_skip_then_adagc_runs_in_tensorflow(spec):
+    tf = pytest.importorskip("tensorflow")
+    import gradclip.tensorflow as gtf
+
+    variables = [tf.Variable(np.zeros(s, np.float32), name=f"v{i}") for i, s in enumerate(_SHAPES)]
+    clipper = gtf.Clipper(spec)
+    step = tf.function(lambda gs: clipper(gs, variables)[0])
+    want = _numpy_run(spec, tuple(v.name for v in variables))
+    for t, (grads, skipped) in enumerate(want):
+        got = step([tf.constant(g) for g in _chain_grads(t)])
+        assert bool(clipper.last_stats().skipped) == skipped
+        for a, b in zip(got, grads):
+            np.testing.assert_allclose(a.numpy(), b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("spec", SKIP_THEN_PER_TENSOR)
+def test_chain_skip_then_adagc_runs_in_keras(spec):
+    keras = pytest.importorskip("keras")
+    import gradclip.keras as gck
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    opt = gck.wrap(keras.optimizers.SGD(0.1), spec)
+    model.compile(optimizer=opt, loss="mse")
+    x = np.random.default_rng(1).standard_normal((8, 3)).astype(np.float32)
+    skipped = []
+    for t, scale in enumerate(_SCALES):
+        before = [w.copy() for w in model.get_weights()]
+        model.train_on_batch(x, np.ones((8, 2), np.float32) * scale * 10)
+        skipped.append(bool(opt.gradclip_stats().skipped))
+        if skipped[-1]:  # a skipped step leaves the weights untouched
+            for a, b in zip(model.get_weights(), before):
+                np.testing.assert_array_equal(a, b)
+        assert all(np.isfinite(w).all() for w in model.get_weights())
+    if spec.count(",") > 2:
+        assert any(skipped)

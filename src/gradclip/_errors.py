@@ -105,12 +105,21 @@ class NonFiniteError(GradclipError, FloatingPointError, RuntimeError):
 
 
 def nonfinite_message(norm: float, norm_type: float, offenders: tuple[Offender, ...], limit: int = 8) -> str:
-    """Build the message of a :class:`NonFiniteError` naming the offending tensors."""
+    """Build the message of a :class:`NonFiniteError` naming the offending tensors.
+
+    It starts with the sentence torch's ``error_if_nonfinite=True`` error starts with, so code and
+    tests that match torch's wording keep working; then it names the tensors.
+
+    Example:
+        >>> nonfinite_message(float("nan"), 2, ())[:82]
+        'The total norm of order 2.0 for gradients from `parameters` is non-finite, so it c'
+    """
     shown = "; ".join(o.describe() for o in offenders[:limit])
     more = f"; and {len(offenders) - limit} more" if len(offenders) > limit else ""
     where = f" Non-finite gradients ({len(offenders)}): {shown}{more}." if offenders else ""
     return (
-        f"The total gradient norm of order {norm_type} is {norm}, so it cannot be clipped.{where} "
+        f"The total norm of order {float(norm_type)} for gradients from `parameters` is non-finite, so it cannot "
+        f"be clipped. The norm is {norm}.{where} "
         "Gradients were left untouched. To scale by the non-finite norm anyway pass "
         "nonfinite='propagate' (error_if_nonfinite=False); to skip this step pass nonfinite='skip'."
     )

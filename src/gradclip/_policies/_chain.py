@@ -90,11 +90,15 @@ class Chain(Policy):
         scalar, per_tensor = m.norm * 0.0 + 1.0, False  # the product while every factor is global
         for i, policy in enumerate(self.policies):
             mine = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(f"{i}.")}
-            sub = Measurement(norm=ops.vector_norm(tn, p_norm), tensor_norms=tn, finite=m.finite,
+            # A step an earlier member skipped reaches this member as a non-finite one: every
+            # policy leaves its state unchanged on those, and an entry it creates on first sight
+            # (AdaGC's "gamma.<name>") gets its "nothing seen yet" value instead of a KeyError.
+            finite = m.finite if skip is None else m.finite & ~skip
+            sub = Measurement(norm=ops.vector_norm(tn, p_norm), tensor_norms=tn, finite=finite,
                               names=m.names, unit_norms=units, param_unit_norms=m.param_unit_norms)
             d, updated = policy.decide(sub, mine, ops)
-            if skip is not None:  # an earlier member skipped: keep this member's state
-                updated = {k: ops.where(skip, mine[k], v) for k, v in updated.items()}
+            if skip is not None:  # and for policies that read the norm's finiteness themselves
+                updated = {k: ops.where(skip, mine[k], v) if k in mine else v for k, v in updated.items()}
             new_state.update({f"{i}.{k}": v for k, v in updated.items()})
             factor = d.coef if d.coef is not None else d.coefs
             if d.coef is not None:

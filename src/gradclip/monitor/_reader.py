@@ -86,8 +86,8 @@ def read_runs(path: str | Path, *, warn: bool = True) -> list[RunLog]:
         The runs in file order (a run may hold no step record, e.g. one killed before its first step).
 
     Raises:
-        LogError: the file is missing, empty, holds no step record, or has a corrupt line (the
-            message names the file and the line number).
+        LogError: the file is missing, empty, holds no step record, or has a corrupt line or one
+            nested too deeply to read (the message names the file and the line number).
 
     Example:
         >>> import tempfile, pathlib
@@ -127,8 +127,8 @@ def read_jsonl(path: str | Path, *, warn: bool = True) -> RunLog:
         A :class:`RunLog`.
 
     Raises:
-        LogError: the file is missing, empty, holds no record, or has a corrupt line (the
-            message names the file and the line number).
+        LogError: the file is missing, empty, holds no record, or has a corrupt line or one nested
+            too deeply to read (the message names the file and the line number).
 
     Example:
         >>> import tempfile, pathlib
@@ -162,8 +162,19 @@ def _parse(path: Path) -> list[tuple[int, Any, bool]]:
             value: Any = json.loads(line)
         except json.JSONDecodeError as exc:
             value = exc
+        except RecursionError:  # json recurses once per level: 100,000 nested lists exhaust the stack
+            raise LogError(f"{path}:{number}: nested too deeply to read (JSON recursion limit). "
+                           "Each line must be one flat step or event record.") from None
+        except ValueError as exc:  # an integer of more than 4300 digits (sys.set_int_max_str_digits)
+            raise LogError(f"{path}:{number}: not readable ({_first_line(exc)}). "
+                           "Each line must be one step or event record.") from None
         out.append((number, value, number == len(lines) and not text.endswith("\n")))
     return out
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().split("\n")[0]
+    return text if len(text) <= 120 else text[:119] + "\u2026"
 
 
 def _is_start(value: Any) -> bool:

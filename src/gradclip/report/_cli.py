@@ -60,8 +60,9 @@ def _fail(command: str, exc: Exception) -> int:
 
 
 def _show_warnings(command: str, caught: list[warnings.WarningMessage]) -> None:
-    for w in caught:
-        print(f"gradclip {command}: warning: {w.message}", file=sys.stderr)
+    """Each distinct warning once, on one line (a run is read more than once: table, plots, advisor)."""
+    for message in dict.fromkeys(" ".join(str(w.message).split()) for w in caught):
+        print(f"gradclip {command}: warning: {message}", file=sys.stderr)
 
 
 def run_report(args: argparse.Namespace) -> int:

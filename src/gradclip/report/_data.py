@@ -7,6 +7,7 @@ outcome (:mod:`gradclip._outcome`) and one spike count by one definition (:data:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from gradclip._outcome import OUTCOMES, classify
 from gradclip.monitor import RunLog
 from gradclip.monitor._spike import SpikeDetector
 from gradclip.report._groups import is_global_norm_policy, method_of, policy_of
+from gradclip.report._text import value_text
 
 #: Percentiles of the pre-clip global norm reported in the summary table.
 PERCENTILES = (50, 90, 99)
@@ -29,11 +31,64 @@ SPIKE_DEFINITION = (
     "Logs without spike flags are scored with the same detector; n/a = too few finite norms to judge."
 ).format(z=SpikeDetector().z, window=SpikeDetector().window, min_history=SpikeDetector().min_history)
 
+#: The record fields the report reads, and the JSON types each may hold (``None`` is always allowed).
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("step", "norm", "clipped_norm", "threshold", "loss"), (int, float)),
+    **dict.fromkeys(("clipped", "spike", "nonfinite", "skipped"), (bool,)),
+    "layers": (dict,), "offenders": (list,),
+}
+
+
 def _float(value: Any) -> float:
-    """A record value as float; ``None``, bools, strings and lists become NaN."""
+    """A record value as float; ``None``, bools, strings and lists become NaN, a huge integer +-inf."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return math.nan
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond 1.8e308
+        return math.copysign(math.inf, value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _warn_bad_types(log: RunLog) -> None:
+    """One warning per field that holds a type the report cannot read (the value is then ignored)."""
+    bad: dict[str, list[Any]] = {}
+    for i, r in enumerate(log.records):
+        for key, types in FIELD_TYPES.items():
+            value = r.get(key)
+            ok = (value is None and key != "step") or (_is_number(value) if types == (int, float) else
+                                                       isinstance(value, types))
+            if key in r and not ok:
+                bad.setdefault(key, [i, type(value).__name__, 0])[2] += 1
+    for key, (first, kind, n) in bad.items():
+        how = "the record's position is used instead" if key == "step" else "ignored"
+        warnings.warn(f"{log.path}: {n} record(s) of run {value_text(log.label, 60)!r} hold a {kind} '{key}' "
+                      f"(first: record {first + 1} of the run); {how}.", stacklevel=3)
+
+
+def _steps(records: Sequence[dict[str, Any]]) -> np.ndarray:
+    """The step of each record: its ``step`` when a finite number, else its position in the run."""
+    out = np.array([_float(r.get("step")) for r in records], dtype=np.float64)
+    bad = ~np.isfinite(out)
+    out[bad] = np.flatnonzero(bad)
+    return out
+
+
+def _first_offender(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The first offending tensor of the first non-finite record that names one (any shape of ``offenders``)."""
+    for r in records:
+        offenders = r.get("offenders")
+        if not (r.get("nonfinite") is True or r.get("norm", 0.0) is None) or not offenders:
+            continue
+        if isinstance(offenders, list):
+            offenders = offenders[0]
+        if isinstance(offenders, dict):
+            return offenders
+        return {"name": offenders}
+    return None
 
 
 @dataclass
@@ -162,7 +217,7 @@ def _layers(records: Sequence[dict[str, Any]]) -> tuple[list[str], np.ndarray, n
         for r, name in enumerate(names):
             entry = layers.get(name)
             grid[r, col] = _float(entry.get("grad_norm")) if isinstance(entry, dict) else _float(entry)
-    steps = np.array([_float(records[i].get("step", i)) for i, _ in rows])
+    steps = _steps(records)[[i for i, _ in rows]]
     return names, steps, grid
 
 
@@ -177,6 +232,7 @@ def series(log: RunLog) -> Series:
         (2.0, True)
     """
     recs = log.records
+    _warn_bad_types(log)
 
     def col(key: str) -> np.ndarray:
         return np.array([_float(r.get(key)) for r in recs], dtype=np.float64)
@@ -187,13 +243,8 @@ def series(log: RunLog) -> Series:
     norm, loss = col("norm"), col("loss")
     # a record with a null norm and no explicit flag is non-finite too (writers store NaN/Inf as null)
     nonfinite = flag("nonfinite") | np.array(["norm" in r and r["norm"] is None for r in recs], dtype=bool)
-    step = np.array([_float(r.get("step", i)) for i, r in enumerate(recs)])
-    first = None
-    for r in recs:
-        offenders = r.get("offenders")
-        if (r.get("nonfinite") is True or r.get("norm", 0.0) is None) and offenders:
-            first = offenders[0] if isinstance(offenders[0], dict) else {"name": str(offenders[0])}
-            break
+    step = _steps(recs)
+    first = _first_offender(recs)
     spike, judged = detect_spikes(norm)
     logged = any("spike" in r for r in recs)
     if logged:
@@ -209,12 +260,13 @@ def series(log: RunLog) -> Series:
 
 
 def _offender_text(offender: dict[str, Any] | None) -> str | None:
+    """``"name shape=(4, 3) nan=1 inf=0"``; a malformed field is shown as written, shortened."""
     if not offender:
         return None
-    text = str(offender.get("name", "?"))
+    text = value_text(offender.get("name", "?"))
     if offender.get("shape") is not None:
-        text += f" shape={tuple(offender['shape'])}"
-    counts = [f"{k}={offender[k]}" for k in ("nan", "inf") if offender.get(k) is not None]
+        text += f" shape={value_text(offender['shape'])}"
+    counts = [f"{k}={value_text(offender[k], 20)}" for k in ("nan", "inf") if offender.get(k) is not None]
     return " ".join([text, *counts])
 
 
@@ -230,7 +282,7 @@ def _row(s: Series) -> dict[str, Any]:
     losses = s.loss[np.isfinite(s.loss)]
     healthy = ~s.nonfinite  # a non-finite step is not a clipping decision
     end = s.end or {}
-    if isinstance(end.get("steps"), int):
+    if isinstance(end.get("steps"), int) and not isinstance(end["steps"], bool):
         steps = end["steps"]
     else:
         steps = int(np.sum(healthy & ~s.skipped))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 
 from gradclip import _validate
-from gradclip._errors import NonFiniteError, Offender, StateDictError, nonfinite_message
+from gradclip._errors import InputTypeError, NonFiniteError, Offender, StateDictError, nonfinite_message
 from gradclip._policies import Decision, Measurement, Policy
 from gradclip._spec import parse_policy
 from gradclip._step import fold_skip
@@ -83,7 +84,8 @@ class Clipper:
         self._dist = _dist.layout(group, groups, replicated, check_every)
         self.fast = _fast.flag(fast, auto=True)
         self.nonfinite = _validate.choice("nonfinite", nonfinite, _validate.NONFINITE_MODES)
-        self.norm_dtype = norm_dtype
+        self.norm_dtype = _params.norm_dtype(norm_dtype)
+        self._seen_grads = self._warned_empty = False
         self.foreach = foreach
         self._state: dict[str, Any] | None = None
         self._place = False
@@ -111,11 +113,19 @@ class Clipper:
             NonFiniteError: with ``nonfinite="error"`` and NaN/Inf gradients (left untouched).
             InputTypeError: ``parameters`` is not one of the accepted containers.
         """
-        named = _params.named_tensors(parameters)
+        named = _params.unique(_params.named_tensors(parameters))  # a tensor listed twice counts once
         names, index, grads = _params.with_grads(named)
+        _params.check_grads(names, grads)
+        _check_complex(self.policy, names, grads)
         p = self.policy.measure_norm_type
         if not grads:
+            if self._seen_grads and not self._warned_empty:
+                self._warned_empty = True
+                warnings.warn("This Clipper measured gradients before and now sees none: nothing is clipped. Was "
+                              "`parameters` an exhausted generator (model.parameters() is one: pass the model, or "
+                              "list(model.parameters()))?", stacklevel=3)
             return self._empty_stats(p)
+        self._seen_grads = True
         acc = self.norm_dtype or (torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32)
         view = _dist.view(self._dist, names, grads)  # None unless DTensors or group(s)
         if view is not None:  # local parts; global norms from one all-reduce per process group
@@ -250,6 +260,17 @@ class Clipper:
         self.steps = int(state_dict["steps"])
         self._state = dict(state_dict["state"]) or None
         self._place = self._state is not None
+
+
+def _check_complex(policy: Policy, names: list[str], grads: list[torch.Tensor]) -> None:
+    """Refuse complex gradients for the policies that need real numbers (clamping, unit-wise ratios)."""
+    members = getattr(policy, "policies", None) or (policy,)
+    real_only = [m for m in members if getattr(m, "spec_name", "") == "value" or m.needs_unit_norms]
+    bad = next((n for n, g in zip(names, grads) if g.is_complex()), None)
+    if real_only and bad is not None:
+        raise InputTypeError(f"{type(real_only[0]).__name__} needs real gradients (it clamps or compares real values), "
+                             f"and the gradient of {bad!r} is complex. Received a complex gradient; use a norm policy "
+                             "(GlobalNorm, PerTensorNorm, AutoClip, ZClip...), which measures the moduli.")
 
 
 def _lazy_offenders(names, index, grads, flags) -> tuple:

@@ -96,6 +96,8 @@ def get_total_norm(
     """
     p = _validate.norm_type(norm_type)
     ts = _params.tensors(tensors)
+    norm_dtype = _params.norm_dtype(norm_dtype)
+    _params.check_grads([f"tensors[{i}]" for i in range(len(ts))], ts)
     if _dist.wanted(group, groups, ts):
         cfg = _dist.layout(group, groups, replicated)
         return _dist_functional.get_total_norm(cfg, ts, p, error_if_nonfinite, foreach, norm_dtype)
@@ -222,7 +224,9 @@ def clip_grad_norm_(
     p = _validate.norm_type(norm_type)
     mode = _nonfinite_mode(nonfinite, error_if_nonfinite)
     named = _params.named_tensors(parameters, warn_empty_generator=True)
-    _, _, grads = _params.with_grads(named)
+    names, _, grads = _params.with_grads(named)
+    norm_dtype = _params.norm_dtype(norm_dtype)
+    _params.check_grads(names, grads)
     if _dist.wanted(group, groups, grads):
         cfg = _dist.layout(group, groups, replicated)
         return _dist_functional.clip_grad_norm_(cfg, named, max_norm, p, mode, foreach, norm_dtype)
@@ -273,7 +277,7 @@ def clip_grad_value_(
     c = _validate.threshold("clip_value", clip_value)
     mode = _nonfinite_mode(nonfinite, False)
     named = _params.named_tensors(parameters)
-    _, _, grads = _params.with_grads(named)
+    _, _, grads = _params.with_grads(named)  # integer gradients clamp as in torch
     if _dist.wanted(group, groups, grads):
         return _dist_functional.clip_grad_value_(_dist.layout(group, groups), named, c, mode, foreach)
     if mode != "propagate" and grads:

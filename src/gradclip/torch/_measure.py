@@ -54,7 +54,13 @@ def per_tensor_norms(
 def _group_norms(
     ts: list[torch.Tensor], device: torch.device, p: float, foreach: bool | None, dtype: torch.dtype | None
 ) -> list[torch.Tensor]:
-    """Norms of one (device, dtype) group with torch's kernels: foreach where allowed, else a loop."""
+    """Norms of one (device, dtype) group with torch's kernels: foreach where allowed, else a loop.
+
+    A complex group accumulated in a real ``dtype`` is measured in the matching complex dtype
+    (torch's norm kernels want that), which gives the same real norm of the moduli.
+    """
+    if dtype is not None and ts and ts[0].is_complex() and not dtype.is_complex:
+        dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
     if use_foreach(foreach, ts, device):
         return list(torch._foreach_norm(ts, p, dtype=dtype))
     return [torch.linalg.vector_norm(g, p, dtype=dtype) for g in ts]

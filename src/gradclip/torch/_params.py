@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from gradclip._errors import InputTypeError
+from gradclip._errors import ConfigError, InputTypeError
 
 _ACCEPTED = (
     "a torch.Tensor, an nn.Module, an iterable of tensors (model.parameters()), an iterable of "
@@ -72,3 +72,61 @@ def with_grads(named: list[tuple[str, torch.Tensor]]) -> tuple[list[str], list[i
             index.append(i)
             grads.append(p.grad)
     return names, index, grads
+
+
+#: Accumulation dtypes ``norm_dtype=`` accepts.
+NORM_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def norm_dtype(value: Any) -> torch.dtype | None:
+    """Check ``norm_dtype=``: ``None`` or a floating ``torch.dtype``.
+
+    Raises:
+        InputTypeError: not a ``torch.dtype`` (a string such as ``"float32"``, an int).
+        ConfigError: a ``torch.dtype`` that is not floating (``torch.int32``, complex).
+
+    Example:
+        >>> norm_dtype(torch.float32)
+        torch.float32
+    """
+    if value is None:
+        return None
+    if not isinstance(value, torch.dtype):
+        hint = f" Did you mean torch.{value}?" if isinstance(value, str) and hasattr(torch, value) else ""
+        raise InputTypeError(f"norm_dtype must be None or a torch.dtype such as torch.float32. Received: {value!r} "
+                             f"({type(value).__name__}).{hint}")
+    if value not in NORM_DTYPES:
+        raise ConfigError(f"norm_dtype must be a floating dtype ({', '.join(map(str, NORM_DTYPES))}). Received: {value}.")
+    return value
+
+
+def check_grads(names: list[str], grads: list[torch.Tensor]) -> None:
+    """Refuse gradients that no norm is defined for (integer and bool dtypes), naming the first.
+
+    Floating and complex gradients pass (a complex gradient's norm is that of its moduli).
+
+    Raises:
+        InputTypeError: a gradient of an integer or bool dtype; nothing was changed.
+    """
+    for name, g in zip(names, grads):
+        if not (g.is_floating_point() or g.is_complex()):
+            raise InputTypeError(f"The gradient of {name!r} has dtype {g.dtype}: gradients must be floating point (or "
+                                 "complex) to be measured and clipped. Received an integer/bool gradient; give the "
+                                 "parameter a floating dtype.")
+
+
+def unique(named: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
+    """``named`` with each tensor once (its first name): a tensor listed twice is one gradient.
+
+    Example:
+        >>> w = torch.zeros(2)
+        >>> [n for n, _ in unique([("a", w), ("b", torch.zeros(1)), ("a_again", w)])]
+        ['a', 'b']
+    """
+    seen: set[int] = set()
+    out = []
+    for name, t in named:
+        if id(t) not in seen:
+            seen.add(id(t))
+            out.append((name, t))
+    return out
