@@ -333,7 +333,7 @@ def test_state_dict_round_trip():
     for seed in range(3):
         clipper.step(make_params([(4,)], torch.float32, seed=seed))
     sd = clipper.state_dict()
-    assert sd == {"policy": "norm:0.5,norm_type=inf", "steps": 3, "state": {}}
+    assert sd == {"version": 1, "policy": "norm:0.5,norm_type=inf", "steps": 3, "state": {}}
     buf = io.BytesIO()
     torch.save(sd, buf)
     buf.seek(0)

@@ -377,3 +377,21 @@ def test_compare_framework_keras_shows_the_before_after_picture():
     none, norm = out["runs"]
     assert none["diverged"] and none["first_nonfinite_step"] is not None
     assert not norm["diverged"] and norm["final_loss"] < 5.0 and norm["clipped_fraction"] > 0.5
+
+
+def test_numpy_gradients_are_accepted_as_keras_clipnorm_accepts_them():
+    v = keras.Variable(np.ones(3, dtype="float32"))
+    opt = gck.wrap(keras.optimizers.SGD(0.1), "norm:1.0")
+    opt.build([v])
+    opt.apply_gradients([(np.full(3, 5.0, dtype="float32"), v)])
+    ref = keras.Variable(np.ones(3, dtype="float32"))
+    plain = keras.optimizers.SGD(0.1, global_clipnorm=1.0)
+    plain.build([ref])
+    plain.apply_gradients([(np.full(3, 5.0, dtype="float32"), ref)])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(v), keras.ops.convert_to_numpy(ref), rtol=1e-6)
+
+
+def test_a_wrapped_optimizer_used_before_it_is_built_says_so():
+    opt = gck.wrap(keras.optimizers.SGD(0.1), "zclip")
+    with pytest.raises(gradclip.ConfigError, match="before it was built"):
+        opt._clip_gradients([np.ones(3, dtype="float32")])

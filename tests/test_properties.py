@@ -141,3 +141,67 @@ def test_value_within_bounds_and_idempotent_bitwise(how, dtype, data, kwargs):
     clip()
     for o, q in zip(once, params):
         assert_bitwise(q.grad, o)
+
+
+# Chains, through the torch Clipper: (spec, what the last member bounds). "{c}" is the drawn
+# max_norm. The first two are the chains of issue 12 (an earlier member can skip, a per-tensor
+# policy follows), which used to fail at the first step.
+CHAINS = [
+    ("spikeguard+adagc", "tensor"),
+    ("zclip:skip=true+adagc", "tensor"),
+    ("spikeguard:w=4,n=2,s=1,cap=none+adagc:warmup=2", "tensor"),
+    ("zclip:w=2,z=1,skip=true,cap=none+adagc:warmup=2", "tensor"),
+    ("spikeguard+norm:{c}", "global"),
+    ("zclip:w=2+norm:{c},norm_type=inf", "global"),
+    ("norm:{c}+pertensor:{c}", "tensor"),
+    ("maxhist:2,window=3+pertensor:{c}", "tensor"),  # not AutoClip: its percentile counts the current norm
+]
+
+
+def _tensor_norms(params, p):
+    return [ref.tensor_norm(g, p) for g in to64([q.grad for q in params])]
+
+
+def _check_step(params, before, stats, kind, p, tol):
+    """A skipped step is all zeros; otherwise bounded by the threshold, each tensor's direction kept."""
+    after = to64([q.grad for q in params])
+    if bool(stats.skipped):
+        assert all(not a.any() for a in after)
+        return
+    limit = np.asarray(stats.threshold, np.float64)
+    if kind == "global":
+        assert ref.global_norm(after, p) <= float(limit) * (1 + tol)
+    else:
+        assert np.all(np.asarray(_tensor_norms(params, p)) <= limit * (1 + tol))
+    for b, a in zip(before, after):
+        nb, na = np.linalg.norm(b), np.linalg.norm(a)
+        if nb > 0 and na > 0:
+            assert float(b.ravel() @ a.ravel()) / (nb * na) == pytest.approx(1.0, abs=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(("spec", "kind"), CHAINS)
+@SETTINGS
+@given(data=st.data(), max_norm=max_norms, steps=st.lists(scales, min_size=1, max_size=6))
+def test_chains_bounded_direction_kept_and_idempotent(spec, kind, dtype, data, max_norm, steps):
+    policy = gradclip.parse_policy(spec.format(c=max_norm))
+    assert gradclip.parse_policy(policy.spec()) == policy
+    p, tol = policy.measure_norm_type, TOL[dtype]
+    params = data.draw(grad_lists(dtype))
+    direction = [q.grad.clone() for q in params]
+    clipper = gct.Clipper(policy)
+    for t, scale in enumerate(steps):  # a run of steps, so that the stateful members move
+        for q, d in zip(params, direction):
+            q.grad = d * scale if t % 2 == 0 else d.flip(tuple(range(d.ndim))) * scale
+        before = to64([q.grad for q in params])
+        saved = clipper.state_dict()
+        _check_step(params, before, clipper.step(params), kind, p, tol)
+    # idempotent: the same step again (the state it started from, on the gradients it left) moves
+    # them by the epsilon's share at most
+    once = _flat(params)
+    again = gct.Clipper(policy)
+    again.load_state_dict(saved)
+    threshold = float(np.min(np.asarray(again.step(params).threshold, np.float64), initial=INF))
+    twice = _flat(params)
+    scale = max(float(np.max(np.abs(once))), 1e-300) if once.size else 1.0
+    assert np.max(np.abs(twice - once), initial=0.0) <= (tol + 2e-6 / max(threshold, 1e-300)) * scale

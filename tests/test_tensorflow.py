@@ -211,3 +211,15 @@ def test_compare_framework_tensorflow_shows_the_before_after_picture(tmp_path):
     start, first = map(json.loads, open(norm["log"]).readlines()[:2])
     assert start["event"] == "start" and start["framework"] == "tensorflow"
     assert first["clipped"] and first["clipped_norm"] == pytest.approx(1.0, rel=1e-5)
+
+
+def test_clipper_refuses_a_call_with_another_number_of_gradients():
+    a, b = tf.Variable([3.0, 4.0]), tf.Variable([1.0])
+    clipper = gtf.Clipper("norm:1.0")
+    clipper([tf.constant([3.0, 4.0]), tf.constant([1.0])], [a, b])
+    before = clipper.last_stats()
+    with pytest.raises(gradclip.InputTypeError, match="built on 2 gradient"):
+        clipper([tf.constant([3.0, 4.0])], [a])
+    with pytest.raises(gradclip.InputTypeError, match="received 1"):
+        clipper([tf.constant([3.0, 4.0]), None], [a, b])
+    assert float(clipper.last_stats().norm) == float(before.norm)  # nothing was recorded

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -10,13 +11,64 @@ from gradclip._errors import ConfigError
 
 NONFINITE_MODES = ("propagate", "error", "skip", "zero")
 
+#: The largest window, history or warm-up length a policy accepts: 2**24 = 16,777,216 steps.
+#: Policies count steps in the norm's dtype, and float32 counts exactly only up to 2**24 (one
+#: more is lost to rounding, so a longer warm-up would never end); a float32 buffer that long
+#: takes 64 MiB.
+MAX_STEPS = 2**24
+
+
+def integer(name: str, value: Any, *, minimum: int | None = 1, maximum: int | None = MAX_STEPS) -> int:
+    """Return ``value`` as a Python int after checking it is a whole number in range.
+
+    Accepted: Python and NumPy integers, and integral floats (``3.0``, ``np.float32(3)``, and
+    ``"window=1e3"`` in a spec string). Refused: ``bool``, fractional or non-finite floats, and
+    anything that is not a real number.
+
+    Raises:
+        ConfigError: not a whole number, below ``minimum`` or above ``maximum``.
+
+    Example:
+        >>> import numpy as np
+        >>> integer("window", np.int64(8)), integer("window", 1e3)
+        (8, 1000)
+        >>> integer("window", 2.5)
+        Traceback (most recent call last):
+        gradclip._errors.ConfigError: window must be a whole number (an int). Received: 2.5 (float).
+    """
+    whole = isinstance(value, numbers.Integral) or (
+        isinstance(value, numbers.Real) and math.isfinite(float(value)) and float(value).is_integer()
+    )
+    if isinstance(value, bool) or type(value).__name__ == "bool_" or not whole:
+        raise ConfigError(f"{name} must be a whole number (an int). Received: {value!r} ({type(value).__name__}).")
+    v = int(value)
+    if minimum is not None and v < minimum:
+        raise ConfigError(f"{name} must be an int >= {minimum}. Received: {v}.")
+    if maximum is not None and v > maximum:
+        raise ConfigError(
+            f"{name} must be <= {maximum:,} (2**24, the largest step count a float32 counter holds "
+            f"exactly; its buffer would take 64 MiB). Received: {v:,}. Use a shorter {name}."
+        )
+    return v
+
+
+def real(name: str, value: Any, allowed: str = "a real number") -> float:
+    """Return ``value`` as a Python float: a Python or NumPy number, not ``bool``, not NaN.
+
+    Raises:
+        ConfigError: anything else; the message names ``allowed``.
+    """
+    if isinstance(value, bool) or type(value).__name__ == "bool_" or not _is_real(value) or math.isnan(float(value)):
+        raise ConfigError(f"{name} must be {allowed}. Received: {value!r} ({type(value).__name__}).")
+    return float(value)
+
 
 def threshold(name: str, value: Any, *, allow_inf: bool = True) -> float:
     """Return ``value`` as a float after checking it is a real number ≥ 0 (not NaN).
 
     Torch accepts negative thresholds and silently flips gradient signs; we refuse them.
     """
-    if isinstance(value, bool) or not _is_real(value):
+    if isinstance(value, bool) or type(value).__name__ == "bool_" or not _is_real(value):
         raise ConfigError(f"{name} must be a real number >= 0. Received: {value!r} ({type(value).__name__}).")
     v = float(value)
     if math.isnan(v):

@@ -44,7 +44,7 @@ class AdaGC(Policy):
     Args:
         lambda_rel: Relative threshold λ > 0. Default 1.05.
         beta: EMA factor β in [0, 1). Default 0.98.
-        warmup_steps: Steps of global clipping before per-tensor thresholds (int >= 1). Default 100.
+        warmup_steps: Steps of global clipping before per-tensor thresholds (int, 1 to 2**24). Default 100.
         warmup_max_norm: Global threshold during warm-up, >= 0. Default 1.0.
         eps: Added to norms in denominators, >= 0. Default 1e-6.
 
@@ -68,6 +68,7 @@ class AdaGC(Policy):
 
     spec_name = "adagc"
     spec_aliases = {"lambda": "lambda_rel", "l": "lambda_rel", "warmup": "warmup_steps"}
+    state_rules = {"step": "finite,integer,nonnegative", "gamma.*": "nonnegative"}
     needs_tensor_norms = True
 
     def __post_init__(self) -> None:
@@ -77,9 +78,7 @@ class AdaGC(Policy):
             raise ConfigError("lambda_rel must be > 0. Received: 0.0.")
         if beta >= 1:
             raise ConfigError(f"beta must be in [0, 1). Received: {beta}.")
-        w = self.warmup_steps
-        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
-            raise ConfigError(f"warmup_steps must be an int >= 1. Received: {w!r}.")
+        object.__setattr__(self, "warmup_steps", _validate.integer("warmup_steps", self.warmup_steps))
         object.__setattr__(self, "lambda_rel", lam)
         object.__setattr__(self, "beta", beta)
         object.__setattr__(self, "warmup_max_norm", _validate.threshold("warmup_max_norm", self.warmup_max_norm))

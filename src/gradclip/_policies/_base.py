@@ -81,6 +81,9 @@ class Policy:
         needs_tensor_norms: Whether :meth:`decide` reads ``Measurement.tensor_norms``.
         needs_unit_norms: Whether :meth:`decide` reads the unit-wise gradient and parameter
             norms (then the policy also has ``axis`` and ``excluded(name, module_names)``).
+        state_rules: What a loaded state's values must satisfy, by key (``{"mu": "finite"}``);
+            checked with the keys, shapes and dtypes before anything is loaded. The rules are
+            listed in :mod:`gradclip._policies._statecheck`.
     """
 
     spec_name: ClassVar[str] = ""
@@ -88,6 +91,7 @@ class Policy:
     spec_aliases: ClassVar[dict[str, str]] = {}
     needs_tensor_norms: ClassVar[bool] = False
     needs_unit_norms: ClassVar[bool] = False
+    state_rules: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -140,7 +140,7 @@ class AutoClip(Policy):
 
     Args:
         percentile: p in [0, 100]. Default 10 (the paper's recommendation). Spec alias ``p``.
-        window: Keep only the last ``window`` recorded norms (int >= 1), or ``None`` (default)
+        window: Keep only the last ``window`` recorded norms (int, 1 to 2**24), or ``None`` (default)
             for the whole history, as in the paper.
         scope: ``"global"`` (default): one history of the global norm, clip by global norm.
             ``"tensor"``: one history per gradient tensor, each tensor clipped to the percentile
@@ -189,12 +189,14 @@ class AutoClip(Policy):
     spec_name = "autoclip"
     spec_positional = "percentile"
     spec_aliases = {"p": "percentile", "cap": "max_norm"}
+    state_rules = {"sorted": "nonnegative,per_tensor", "count": "nonnegative,max=@sorted",
+                   "ring": "nonnegative,per_tensor", "head": "nonnegative,below=window"}
 
     def __post_init__(self) -> None:
-        p = self.percentile
-        if isinstance(p, bool) or not _validate._is_real(p) or not 0.0 <= float(p) <= 100.0:
+        p = _validate.real("percentile", self.percentile, "a number in [0, 100]")
+        if not 0.0 <= p <= 100.0:
             raise ConfigError(f"percentile must be a number in [0, 100]. Received: {p!r}.")
-        object.__setattr__(self, "percentile", float(p))
+        object.__setattr__(self, "percentile", p)
         object.__setattr__(self, "window", _window(self.window, allow_none=True))
         _validate.choice("scope", self.scope, ("global", "tensor"))
         _validate.choice("semantics", self.semantics, COEF_SEMANTICS)
@@ -279,7 +281,7 @@ class MaxNormHistory(Policy):
 
     Args:
         factor: Multiplier of the statistic, > 0. Default 5.0.
-        window: Number of past recorded norms (int >= 1). Default 100.
+        window: Number of past recorded norms (int, 1 to 2**24). Default 100.
         stat: ``"mean"`` (default) or ``"max"`` of the window.
         semantics: ``"exact"`` (default) or ``"torch"``, as for :class:`AutoClip`
             (see :func:`history_coef`).
@@ -316,6 +318,8 @@ class MaxNormHistory(Policy):
     spec_name = "maxhist"
     spec_positional = "factor"
     spec_aliases = {"cap": "max_norm"}
+    state_rules = {"ring": "finite,nonnegative", "count": "integer,nonnegative,max=window",
+                   "head": "integer,nonnegative,below=window"}
 
     def __post_init__(self) -> None:
         factor = _validate.threshold("factor", self.factor)
@@ -350,10 +354,5 @@ class MaxNormHistory(Policy):
 def _window(value: Any, *, allow_none: bool) -> int | None:
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        if isinstance(value, float) and value.is_integer() and value >= 1:
-            return int(value)
-        allowed = "an int >= 1 or None" if allow_none else "an int >= 1"
-        raise ConfigError(f"window must be {allowed}. Received: {value!r}.")
-    return int(value)
+    return _validate.integer("window", value)
 

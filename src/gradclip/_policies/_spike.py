@@ -50,7 +50,7 @@ class SpikeGuard(Policy):
     max_norm)``, ``max_norm`` (or ``inf`` without a cap) before ``min_history`` norms.
 
     Args:
-        window: Number of past norms kept. Default 128.
+        window: Number of past norms kept (int, 2 to 2**24). Default 128.
         min_history: Past norms needed before any step can be a spike (2 <= min_history <=
             window). Default 64.
         sigma: How many standard deviations above the mean make a spike (> 0). Default 6.0.
@@ -89,12 +89,12 @@ class SpikeGuard(Policy):
 
     spec_name = "spikeguard"
     spec_aliases = {"w": "window", "n": "min_history", "s": "sigma", "cap": "max_norm"}
+    state_rules = {"norms": "finite,nonnegative", "count": "integer,nonnegative,max=window",
+                   "pos": "integer,nonnegative,below=window"}
 
     def __post_init__(self) -> None:
         for name in ("window", "min_history"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-                raise ConfigError(f"{name} must be an int >= 2. Received: {value!r}.")
+            object.__setattr__(self, name, _validate.integer(name, getattr(self, name), minimum=2))
         if self.min_history > self.window:
             raise ConfigError(
                 f"min_history must be <= window. Received: min_history={self.min_history}, window={self.window}."

@@ -8,7 +8,6 @@ References:
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,7 +85,7 @@ class ZClip(Policy):
     Args:
         alpha: EMA smoothing factor, ``0 < alpha < 1``. Default 0.97.
         z_thresh: z-score above which a norm is a spike, finite and > 0. Default 2.5.
-        warmup_steps: Number of finite norms collected before the statistics start, int >= 1.
+        warmup_steps: Number of finite norms collected before the statistics start, int from 1 to 2**24.
             Default 25.
         mode: ``"reciprocal"`` (default), ``"max"`` or ``"mean"``: what a spike is clipped to.
         max_norm: Fixed cap on the global norm, >= 0 (``inf`` allowed), applied at every step
@@ -135,6 +134,8 @@ class ZClip(Policy):
         "a": "alpha", "z": "z_thresh", "w": "warmup_steps", "warmup": "warmup_steps", "cap": "max_norm",
         "skip": "skip_on_spike",
     }
+    state_rules = {"warm": "finite,nonnegative", "count": "integer,nonnegative,max=warmup_steps",
+                   "mu": "finite,nonnegative", "var": "finite,nonnegative"}
 
     def __post_init__(self) -> None:
         alpha = _real("alpha", self.alpha, "a number with 0 < alpha < 1")
@@ -143,9 +144,7 @@ class ZClip(Policy):
         z = _real("z_thresh", self.z_thresh, "a finite number > 0")
         if not (z > 0 and math.isfinite(z)):
             raise ConfigError(f"z_thresh must be a finite number > 0 (2.5 is usual). Received: {z}.")
-        w = self.warmup_steps
-        if isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 1:
-            raise ConfigError(f"warmup_steps must be an int >= 1. Received: {w!r} ({type(w).__name__}).")
+        w = _validate.integer("warmup_steps", self.warmup_steps)
         _validate.choice("mode", self.mode, MODES)
         if not isinstance(self.skip_on_spike, bool):
             raise ConfigError(f"skip_on_spike must be True or False. Received: {self.skip_on_spike!r}.")
@@ -204,7 +203,4 @@ class ZClip(Policy):
         return Decision(threshold=threshold, coef=coef, skip=spike if self.skip_on_spike else None), new
 
 
-def _real(name: str, value: Any, allowed: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(float(value)):
-        raise ConfigError(f"{name} must be {allowed}. Received: {value!r} ({type(value).__name__}).")
-    return float(value)
+_real = _validate.real

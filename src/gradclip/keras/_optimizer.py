@@ -147,11 +147,15 @@ class _ClippedMixin:
             self._gc.vars, self._gc.restore, self._gc.skip = None, None, None
 
     def _clip_gradients(self, grads: list[Any]) -> list[Any]:
+        if not self.built:
+            raise ConfigError(f"This {type(self).__name__} (from gradclip.keras.wrap) was used before it was built, so "
+                              "it has no clipping state yet. Build it on the model's variables first: "
+                              "optimizer.build(model.trainable_variables), or let fit()/apply(grads, variables) do it.")
         variables = self._gc.vars if self._gc.vars is not None else self._trainable_variables
         index = [self._get_variable_index(v) for v in variables]
         full = [None] * len(self._gc.names)
         for i, g in zip(index, grads):
-            full[i] = g
+            full[i] = K.convert_to_tensor(g) if isinstance(g, (np.ndarray, np.generic)) else g  # as clipnorm allows
         params = [v.value for v in self._trainable_variables]
         full = [K.zeros_like(p) if g is None else g for g, p in zip(full, params)]  # no gradient: measured as 0
         state = {k: v.value for k, v in self._gc.state.items()}

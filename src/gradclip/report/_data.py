@@ -46,11 +46,15 @@ def _float(value: Any) -> float:
     try:
         return float(value)
     except OverflowError:  # an integer beyond 1.8e308
-        return math.copysign(math.inf, value)
+        return math.inf if value > 0 else -math.inf
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_JSON_TYPES = {"NoneType": "null", "str": "string", "dict": "object", "bool": "boolean", "int": "number",
+               "float": "number"}
 
 
 def _warn_bad_types(log: RunLog) -> None:
@@ -62,7 +66,7 @@ def _warn_bad_types(log: RunLog) -> None:
             ok = (value is None and key != "step") or (_is_number(value) if types == (int, float) else
                                                        isinstance(value, types))
             if key in r and not ok:
-                bad.setdefault(key, [i, type(value).__name__, 0])[2] += 1
+                bad.setdefault(key, [i, _JSON_TYPES.get(type(value).__name__, type(value).__name__), 0])[2] += 1
     for key, (first, kind, n) in bad.items():
         how = "the record's position is used instead" if key == "step" else "ignored"
         warnings.warn(f"{log.path}: {n} record(s) of run {value_text(log.label, 60)!r} hold a {kind} '{key}' "

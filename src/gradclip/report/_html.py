@@ -14,6 +14,7 @@ from gradclip.report import _plots
 from gradclip.report._data import PERCENTILES, SPIKE_DEFINITION, load_logs, series, summarize, summarize_methods
 from gradclip._outcome import count_text
 from gradclip.report._groups import Group, group_runs, method_of
+from gradclip.report._text import display_label
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1280px;
@@ -57,8 +58,11 @@ def _cell(row: dict[str, Any], key: str, kind: str) -> str:
 
 
 def _td(text: str, kind: str) -> str:
+    """A cell; a name too long to show is shortened, and kept whole in its ``title`` (a tooltip)."""
     cls = {"text": "l", "outcome": "l outcome"}.get(kind, "")
-    return f'<td class="{cls}">{html.escape(text)}</td>'
+    shown = display_label(text)
+    tip = f' title="{html.escape(text)}"' if shown != text else ""
+    return f'<td class="{cls}"{tip}>{html.escape(shown)}</td>'
 
 
 def summary_table_html(rows: Sequence[dict[str, Any]]) -> str:
@@ -112,7 +116,8 @@ def _warnings(runs: Sequence[Any], groups: Sequence[Group], rows: Sequence[dict[
         if not bad:
             continue
         steps = ", ".join(str(r["first_nonfinite_step"]) for r in bad)
-        who = g.runs[0].label if len(g.runs) == 1 else f"{g.name}: {len(bad)} of {len(g.runs)} runs"
+        who = (display_label(g.runs[0].label) if len(g.runs) == 1 else
+               f"{display_label(g.name)}: {len(bad)} of {len(g.runs)} runs")
         offender = next((r["first_offender"] for r in bad if r["first_offender"]), None)
         out.append(f"{who}: gradients became non-finite at step {steps}"
                    + (f" (first offending tensor: {offender})" if offender else "") + ".")
@@ -171,7 +176,7 @@ def render_html(logs: Sequence[RunLog], title: str) -> str:
         parts.append(f'<p class="meta" id="clip-rate-note">Clip rate: {html.escape(sentence)}</p>')
     maps = _plots.layer_heatmaps(runs)
     if maps:
-        figs = "".join(_figure(f"layers-{i}", png, f"Per-tensor gradient norms: {name}")
+        figs = "".join(_figure(f"layers-{i}", png, f"Per-tensor gradient norms: {display_label(name)}")
                        for i, (name, png) in enumerate(maps))
         parts.append('<section id="layers"><h2>Per-layer gradient norms</h2><p class="meta">log10 of each '
                      "tensor's pre-clip gradient norm, one colour scale for all; red = non-finite or missing.</p>"
@@ -186,7 +191,7 @@ def render_html(logs: Sequence[RunLog], title: str) -> str:
 
 def _default_title(logs: Sequence[RunLog]) -> str:
     names = list(dict.fromkeys(method_of(log) for log in logs))
-    shown = ", ".join(map(str, names[:6])) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    shown = ", ".join(map(display_label, names[:6])) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
     return f"gradclip report: {shown}"
 
 

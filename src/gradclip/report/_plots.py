@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import replace
@@ -19,9 +20,12 @@ import numpy as np
 
 from gradclip.report._data import Series
 from gradclip.report._groups import Group, group_runs, stack
+from gradclip.report._text import display_label, plain
 
 #: Ratio max/min of the positive values above which an axis switches to a log scale.
 WIDE_RANGE = 100.0
+#: Values are drawn within +-BIG (and a log axis from 1 / BIG): matplotlib cannot set limits near overflow.
+BIG = 1e300
 NAN_COLOR = "#d62728"
 
 
@@ -80,9 +84,10 @@ def y_limits(runs: Sequence[Series], keys: Sequence[str]) -> tuple[float, float,
             break
     else:
         return None
-    pos = values[values > 0]
+    values = np.clip(values, -BIG, BIG)
+    pos = np.clip(values[values > 0], 1 / BIG, BIG)
     if pos.size and pos.max() / pos.min() > WIDE_RANGE:
-        return float(pos.min()) / 1.6, float(pos.max()) * 1.6, True
+        return max(float(pos.min()) / 1.6, 1 / BIG), min(float(pos.max()) * 1.6, BIG), True
     low, high = float(values.min()), float(values.max())
     pad = 0.06 * (high - low) if high > low else max(abs(high), 1.0) * 0.1
     return low - pad, high + pad, False
@@ -98,9 +103,10 @@ def _apply_limits(ax: Any, limits: tuple[float, float, bool] | None, groups: Seq
     low, high, log = limits
     labels = sum(bool(_escapes(g, key, high)) for g in groups)
     room = min(0.45, (17 * labels + 12) / 250) if labels else 0.0  # ~250 pt of axes height
-    if log:
+    if log:  # in decades: high * (high / low) ** (room / (1 - room)) may overflow
         ax.set_yscale("log")
-        ax.set_ylim(low, high * (high / low) ** (room / (1 - room)))
+        decades = math.log10(high) + (math.log10(high) - math.log10(low)) * room / (1 - room)
+        ax.set_ylim(low, 10 ** min(decades, 305.0))
     else:
         ax.set_ylim(low, high + (high - low) * room / (1 - room))
     return high
@@ -155,7 +161,7 @@ def _mark_escapes(ax: Any, g: Group, key: str, top: float, color: Any, slot: lis
     k = slot[0]
     slot[0] += 1
     left_half = min(xs) < (slot[1] + slot[2]) / 2
-    ax.annotate(f"{g.name}: {what}{runs}", xy=(min(xs), 1.0), xycoords=("data", "axes fraction"),
+    ax.annotate(f"{plain(g.name)}: {what}{runs}", xy=(min(xs), 1.0), xycoords=("data", "axes fraction"),
                 xytext=(10 if left_half else -10, -6 - 17 * k), textcoords="offset points",
                 ha="left" if left_half else "right", va="top", color="black", fontsize=8.5,
                 bbox={"boxstyle": "round,pad=0.25", "fc": "white", "ec": color, "lw": 1.5, "alpha": 0.92})
@@ -168,10 +174,11 @@ def _slot(runs: Sequence[Series]) -> list[float]:
 
 
 def _group_label(g: Group) -> str:
+    """The legend entry of a method: its name shortened and escaped, and its runs' outcomes."""
     if len(g.runs) == 1:
-        return g.name
+        return plain(g.name)
     text = g.outcome_text()
-    return f"{g.name} ({len(g.runs)} runs" + (f": {text})" if text != f"{len(g.runs)} ok" and text != "-" else ")")
+    return f"{plain(g.name)} ({len(g.runs)} runs" + (f": {text})" if text != f"{len(g.runs)} ok" and text != "-" else ")")
 
 
 def _legend(ax: Any, handles: list[Any], labels: list[str], keys: list[tuple[Any, str]]) -> None:
@@ -300,9 +307,9 @@ def clip_rate_sentence(runs: Sequence[Series]) -> str:
             never.append(g.name)
     parts = []
     if every:
-        parts.append(f"{', '.join(every)} clipped every step")
+        parts.append(f"{', '.join(map(display_label, every))} clipped every step")
     if never:
-        parts.append(f"{', '.join(never)} never clipped")
+        parts.append(f"{', '.join(map(display_label, never))} never clipped")
     return "; ".join(parts) + "." if parts else ""
 
 
@@ -381,7 +388,7 @@ def layer_heatmaps(runs: Sequence[Series], max_layers: int = 60) -> list[tuple[s
         fig, ax = _figure(7.0, min(9.0, 1.4 + 0.2 * len(names)))
         image = ax.imshow(np.ma.masked_invalid(_log10(grid)), aspect="auto", cmap=cmap, interpolation="nearest",
                           vmin=vmin, vmax=vmax)
-        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_yticks(range(len(names)), [plain(n) for n in names], fontsize=8)
         from matplotlib.ticker import MaxNLocator
 
         nice = [x for x in MaxNLocator(nbins=8, integer=True).tick_values(steps[0], steps[-1]) if steps[0] <= x <= steps[-1]]
@@ -390,7 +397,7 @@ def layer_heatmaps(runs: Sequence[Series], max_layers: int = 60) -> list[tuple[s
             ticks = np.unique(np.linspace(0, len(steps) - 1, num=min(len(steps), 8)).astype(int))
         ax.set_xticks(ticks, [str(int(steps[t])) for t in ticks], fontsize=8)
         ax.set_xlabel("step")
-        ax.set_title(f"{g.name} ({how})" if len(g.runs) > 1 else g.name, fontsize=10)
+        ax.set_title(f"{plain(g.name)} ({plain(how)})" if len(g.runs) > 1 else plain(g.name), fontsize=10)
         fig.colorbar(image, ax=ax, label="log10 grad norm", extend="both", pad=0.02)
         out.append((g.name, _png(fig)))
     return out

@@ -120,6 +120,12 @@ class Clipper(tf.Module):
         grads = list(grads)
         if self.state is None:
             self._build(grads, variables)
+        got = sum(g is not None for g in grads)
+        if got != len(self._names):
+            raise InputTypeError(
+                f"This Clipper was built on {len(self._names)} gradient(s) and received {got} (of {len(grads)}, None "
+                "excluded): its per-tensor state and statistics belong to the first set. Pass the same variables' "
+                "gradients every step, or use one Clipper per set of variables.")
         state = {k: v.read_value() for k, v in self.state.items()}
         out, stats, new = _clip(self.policy, grads, variables, state, self.nonfinite, self.sparse)
         for k, v in new.items():

@@ -9,7 +9,7 @@ import torch
 
 from gradclip import _validate
 from gradclip._errors import InputTypeError, NonFiniteError, Offender, StateDictError, nonfinite_message
-from gradclip._policies import Decision, Measurement, Policy
+from gradclip._policies import Decision, Measurement, Policy, _statecheck
 from gradclip._spec import parse_policy
 from gradclip._step import fold_skip
 from gradclip._stats import ClipStats
@@ -146,7 +146,9 @@ class Clipper:
             offenders = lambda: _lazy_offenders(names, index, grads, flags)  # noqa: E731
         if self._state is None:
             self._state = self.policy.init_state(norm, TorchOps)
-        elif self._place:  # loaded from a checkpoint: move the state to the gradients' device
+        elif self._place:  # loaded from a checkpoint: check it fits this step, move it to the gradients' device
+            shapes = {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in self._state.items()}
+            _statecheck.check_step(self.policy, shapes, len(grads), str(norm.dtype).removeprefix("torch."))
             self._state = {k: v.to(norm.device) if isinstance(v, torch.Tensor) else v for k, v in self._state.items()}
             self._place = False
         units: tuple = (None, None)
@@ -226,40 +228,108 @@ class Clipper:
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume: the policy spec, its state and the step count.
+        """Everything needed to resume: the format version, the policy spec, its state and the step count.
 
         Returns:
-            ``{"policy": str, "steps": int, "state": {name: tensor}}`` (plain values, saveable
-            with ``torch.save`` next to the model and optimizer state).
+            ``{"version": 1, "policy": str, "steps": int, "state": {name: tensor}}`` (plain
+            values, saveable with ``torch.save`` next to the model and optimizer state).
         """
         state = {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in (self._state or {}).items()}
-        return {"policy": self.policy.spec(), "steps": self.steps, "state": state}
+        return {"version": _statecheck.FORMAT_VERSION, "policy": self.policy.spec(), "steps": self.steps,
+                "state": state}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned.
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> None:
+        """Restore what :meth:`state_dict` returned, after checking all of it.
+
+        Everything is checked before anything is assigned: the format version (a state dict
+        without ``"version"`` is version 1, the format of gradclip before the key existed), the
+        policy spec, the exact key set of the state, every shape and dtype, the values the policy
+        needs valid (a NaN mean, a negative variance, a count or ring position out of range). The
+        number of gradient tensors of a per-tensor state (``AutoClip(scope="tensor")``) and the
+        float dtype are checked at the first step after the load, before the state is used, with
+        the same error. On any error nothing is loaded.
+
+        Args:
+            state_dict: A dict from :meth:`state_dict`.
+            strict: ``True`` (default): the state must have been saved with this very policy spec.
+                ``False``: a resumed run with changed hyper-parameters: a state saved by the same
+                policy class (the same classes in order, for a chain) is accepted, its arrays that
+                still fit (same key, shape and dtype, valid values) are kept, and the others are
+                reset to their initial value with a ``UserWarning`` naming them.
 
         Raises:
-            StateDictError: the state dict is malformed or was saved with another policy.
+            StateDictError: the state dict is malformed, was saved with another policy, or a
+                state array does not fit (the message names each key, what was found and what
+                was expected).
+
+        Example:
+            >>> import gradclip.torch as gct
+            >>> saved = gct.Clipper("zclip:warmup_steps=4").state_dict()
+            >>> gct.Clipper("zclip:warmup_steps=8").load_state_dict(saved, strict=False)  # nothing to reset yet
         """
+        steps, state, reset = self._checked(state_dict, strict)
+        if reset:
+            warnings.warn(f"load_state_dict(strict=False) reset the state arrays {reset} of {self.policy.spec()!r} "
+                          "to their initial values (they do not fit this policy); the others were kept.", stacklevel=2)
+        self.steps = steps
+        self._state = state or None
+        self._place = self._state is not None
+
+    def _checked(self, state_dict: Any, strict: bool) -> tuple[int, dict[str, Any], list[str]]:
+        """Validate a state dict; return ``(steps, state, reset keys)`` without assigning anything."""
         if not isinstance(state_dict, dict) or not {"policy", "steps", "state"} <= set(state_dict):
             raise StateDictError(
                 "A Clipper state dict has keys 'policy', 'steps' and 'state'. Received: "
                 f"{sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict).__name__}."
             )
+        extra = sorted(set(state_dict) - {"version", "policy", "steps", "state"})
+        if extra:
+            raise StateDictError(f"A Clipper state dict has keys 'version', 'policy', 'steps' and 'state'. Received "
+                                 f"also {extra}: is this the state dict of another object?")
+        _statecheck.check_version(state_dict)
         steps, state = state_dict["steps"], state_dict["state"]
         if not isinstance(state, dict) or isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise StateDictError(
                 "A Clipper state dict has an int 'steps' >= 0 and a dict 'state'. Received: "
                 f"steps={steps!r}, state of type {type(state).__name__}."
             )
-        if state_dict["policy"] != self.policy.spec():
-            raise StateDictError(
-                f"This state dict was saved with policy {state_dict['policy']!r}, but this Clipper "
-                f"runs {self.policy.spec()!r}. Build the Clipper with the same policy."
-            )
-        self.steps = int(state_dict["steps"])
-        self._state = dict(state_dict["state"]) or None
-        self._place = self._state is not None
+        _check_spec(state_dict["policy"], self.policy, strict)
+        arrays = {k: _to_numpy(k, v) for k, v in state.items()}
+        kept, reset = _statecheck.check(self.policy, arrays, strict=strict)
+        device = next((v.device for v in state.values()), torch.device("cpu"))
+        out = {k: state[k] if k not in reset and k in state else torch.from_numpy(v.copy()).to(device)
+               for k, v in kept.items()}
+        return int(steps), out, reset
+
+
+def _check_spec(saved: Any, policy: Policy, strict: bool) -> None:
+    """The saved spec is this policy's (strict), or one of the same class (not strict)."""
+    if saved == policy.spec():
+        return
+    if not strict and isinstance(saved, str):
+        try:
+            other = parse_policy(saved)
+        except ValueError:
+            other = None
+        kinds = lambda p: [type(m) for m in (getattr(p, "policies", None) or (p,))]  # noqa: E731
+        if other is not None and kinds(other) == kinds(policy):
+            return
+    raise StateDictError(
+        f"This state dict was saved with policy {saved!r}, but this Clipper runs {policy.spec()!r}. Build the "
+        "Clipper with the same policy" + ("." if not strict else ", or pass strict=False to load the state of "
+                                          "another spec of the same policy class (changed hyper-parameters).")
+    )
+
+
+def _to_numpy(key: str, value: Any) -> Any:
+    """A host copy of a saved state tensor for the checks (a read at load time, not in a step)."""
+    if not isinstance(value, torch.Tensor):
+        raise StateDictError(f"State key {key!r}: found a {type(value).__name__}, expected a torch.Tensor.")
+    try:
+        return value.detach().cpu().numpy()
+    except TypeError:
+        raise StateDictError(f"State key {key!r}: found dtype {value.dtype}, expected float32, float64 or "
+                             "int64.") from None
 
 
 def _check_complex(policy: Policy, names: list[str], grads: list[torch.Tensor]) -> None:

@@ -39,6 +39,7 @@ class _Binding:
         self.clipper = clipper
         self.parameters = parameters
         self.original = original
+        self.pending: tuple | None = None  # a checked clipper state, assigned after the optimizer's
 
 
 def clipped(optimizer: torch.optim.Optimizer, policy: Clipper | Policy | str, *, parameters: Any = None,
@@ -60,7 +61,14 @@ def clipped(optimizer: torch.optim.Optimizer, policy: Clipper | Policy | str, *,
 
     ``optimizer.clip_stats`` holds the :class:`gradclip.ClipStats` of the last step and
     ``optimizer.clipper`` the :class:`Clipper`. The clipper's state is saved in
-    ``optimizer.state_dict()`` under ``"gradclip"`` and restored by ``load_state_dict``.
+    ``optimizer.state_dict()`` under ``"gradclip"`` and restored by ``load_state_dict``, which
+    checks both parts before assigning either (:meth:`Clipper.load_state_dict`; a bad clipper
+    part raises :class:`gradclip.StateDictError`, a bad optimizer part torch's error, and either
+    leaves both as they were). A plain torch optimizer loading such a checkpoint ignores the
+    ``"gradclip"`` key (torch reads only ``"state"`` and ``"param_groups"``): the clipper state
+    stays in the dict, for ``Clipper(policy).load_state_dict(saved["gradclip"])``. To resume with
+    changed hyper-parameters, load it that way with ``strict=False``, then
+    ``optimizer.load_state_dict({k: v for k, v in saved.items() if k != "gradclip"})``.
 
     Args:
         optimizer: A ``torch.optim.Optimizer``.
@@ -108,6 +116,7 @@ def clipped(optimizer: torch.optim.Optimizer, policy: Clipper | Policy | str, *,
     optimizer.step = types.MethodType(_clipped_step, optimizer)  # type: ignore[method-assign]
     optimizer.register_state_dict_post_hook(_save_clipper)
     optimizer.register_load_state_dict_pre_hook(_load_clipper)
+    optimizer.register_load_state_dict_post_hook(_commit_clipper)
     return optimizer
 
 
@@ -195,7 +204,21 @@ def _save_clipper(opt: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dic
 
 
 def _load_clipper(opt: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """Pre-hook: check the clipper's part now; it is assigned by :func:`_commit_clipper` once torch
+    has checked and loaded the optimizer's part (so a bad optimizer part leaves the clipper as it was)."""
+    binding: _Binding = opt._gradclip  # type: ignore[attr-defined]
+    binding.pending = None
     saved = state_dict.pop("gradclip", None)
     if saved is not None:
-        opt._gradclip.clipper.load_state_dict(saved)  # type: ignore[attr-defined]
+        binding.pending = binding.clipper._checked(saved, strict=True)
     return state_dict
+
+
+def _commit_clipper(opt: torch.optim.Optimizer) -> None:
+    binding: _Binding = opt._gradclip  # type: ignore[attr-defined]
+    if binding.pending is not None:
+        clipper = binding.clipper
+        clipper.steps, state, _ = binding.pending
+        clipper._state = state or None
+        clipper._place = clipper._state is not None
+        binding.pending = None
