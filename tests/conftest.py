@@ -10,6 +10,13 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Hypothesis profiles: "gradclip" (default, sized for `make test` on 2 cores) and "long" for a local
+# soak: `pytest --hypothesis-profile=long tests/test_fuzz.py`. Tests that set max_examples keep theirs.
+settings.register_profile("gradclip", deadline=None, max_examples=100)
+settings.register_profile("long", deadline=None, max_examples=3000)
+settings.load_profile(os.environ.get("GRADCLIP_HYPOTHESIS_PROFILE", "gradclip"))
 
 try:  # the torch helpers below are only used by the torch tests, which skip without torch
     import torch

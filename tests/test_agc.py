@@ -145,3 +145,39 @@ def test_float32_gradients_match_the_oracle_closely():
     grad0, w = p.grad.numpy().astype(np.float64), p.detach().numpy().astype(np.float64)
     gct.Clipper(AGC(0.02)).step([p])
     np.testing.assert_allclose(p.grad.numpy(), ref.agc(grad0, w, 0.02, 1e-3, (1,)), rtol=2e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("axis", [1, (0, 1), -1])
+def test_axis_survives_its_spec_string_and_runs(axis):
+    """``axis=1`` used to come back from its spec as the string '1' and crash the first step."""
+    policy = AGC(0.01, axis=axis)
+    back = gradclip.parse_policy(policy.spec())
+    assert back == policy
+    model = _model()
+    gct.Clipper(back).step(model)
+
+
+def test_exclude_by_type_has_no_spec_string():
+    policy = AGC(0.01, exclude=(torch.nn.Linear,))
+    with pytest.raises(gradclip.ConfigError, match=r"has no spec string: exclude by type \(Linear\)"):
+        policy.spec()
+
+
+@pytest.mark.parametrize("name", ["a+b", "a,b", "a|b"])
+def test_exclude_with_a_separator_has_no_spec_string_and_a_glob_does(name):
+    with pytest.raises(gradclip.ConfigError, match="glob pattern"):
+        AGC(exclude=(name,)).spec()
+    glob = AGC(exclude=(name.replace(name[1], "?"),))
+    assert gradclip.parse_policy(glob.spec()) == glob and glob.excluded(name)
+
+
+def test_keras_wrap_refuses_exclude_by_layer_type():
+    """Keras' optimizer sees variables, not layers: a type used to be ignored without a word."""
+    keras = pytest.importorskip("keras")
+    import gradclip.keras as gck
+
+    for policy in (AGC(exclude=(keras.layers.Dense,)), gradclip.chain(AGC(exclude=(keras.layers.Dense,)),
+                                                                       gradclip.GlobalNorm(1.0))):
+        with pytest.raises(gradclip.ConfigError, match="cannot exclude by type. Received: exclude=\\(Dense,\\)"):
+            gck.wrap(keras.optimizers.SGD(0.1), policy)
+    gck.wrap(keras.optimizers.SGD(0.1), AGC(exclude=("dense/*",)))  # names and globs pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -321,3 +322,87 @@ def test_end_record_says_how_the_run_went_by_the_one_definition(tmp_path):
     with Monitor([lambda r: None]) as m2:
         m2.step(model, loss=float("nan"))
         assert m2.outcome == "diverged"
+
+
+# -- a record is never lost: step values checked first, threads sharing a monitor ------------------
+
+
+def _stats(norm=1.0):
+    return gradclip.ClipStats(norm=norm, clipped_norm=norm, coef=1.0, clipped=False, nonfinite=False,
+                              skipped=False, threshold=2.0)
+
+
+def _value(kind, x):
+    if kind == "python":
+        return x
+    if kind in ("numpy scalar", "numpy 0-d"):
+        np = pytest.importorskip("numpy")
+        return np.asarray(x)[()] if kind == "numpy scalar" else np.asarray(x)
+    if kind == "torch 0-d":
+        return torch.tensor(x, requires_grad=isinstance(x, float))
+    tf = pytest.importorskip("tensorflow")
+    return tf.constant(x)
+
+
+@pytest.mark.parametrize("kind", ["python", "numpy scalar", "numpy 0-d", "torch 0-d", "tensorflow 0-d"])
+@pytest.mark.parametrize("field, x", [("epoch", 3), ("loss", 1.5), ("lr", 0.25)])
+def test_step_values_of_any_framework_become_python_numbers_in_every_sink(tmp_path, kind, field, x):
+    import json
+
+    got, path = [], tmp_path / "a.jsonl"
+    with Monitor(sinks=[got.append, f"jsonl:{path}"], flush_every=2) as monitor:  # also through the buffer
+        for _ in range(2):
+            monitor.step(clip_stats=_stats(), **{field: _value(kind, x)})
+    written = [json.loads(line) for line in path.read_text().splitlines()[1:-1]]
+    assert written == got and len(got) == 2
+    assert all(r[field] == x and type(r[field]) is type(x) for r in got)
+
+
+@pytest.mark.parametrize("field, bad, shown", [
+    ("loss", "1.5", "str '1.5'"), ("lr", [0.1, 0.2], "list"), ("epoch", "3", "str '3'"), ("loss", True, "bool True"),
+    ("loss", torch.ones(2), "Tensor of shape (2,)"), ("lr", torch.tensor(1 + 1j), "Tensor of dtype torch.complex64"),
+    ("epoch", torch.tensor(True), "Tensor of dtype torch.bool"), ("loss", {"total": 1.0}, "dict"),
+])
+def test_a_value_that_is_not_one_number_is_refused_before_anything_is_recorded(tmp_path, field, bad, shown):
+    got, path = [], tmp_path / "a.jsonl"
+    monitor = Monitor(sinks=[got.append, f"jsonl:{path}"], flush_every=3)
+    monitor.step(clip_stats=_stats(), loss=1.0)
+    monitor.step(clip_stats=_stats(), loss=2.0)
+    with pytest.raises(gradclip.InputTypeError, match=rf"Monitor.step\({field}=\.\.\.\).*Received: a?\s?{re.escape(shown)}"):
+        monitor.step(clip_stats=_stats(), **{field: bad})
+    assert monitor.steps == 2 and got == []  # nothing recorded for it; the buffered steps are kept
+    monitor.step(clip_stats=_stats(), loss=3.0)
+    monitor.close()
+    assert [(r["step"], r["loss"]) for r in got] == [(0, 1.0), (1, 2.0), (2, 3.0)]
+    assert len(read_jsonl(path).records) == 3
+
+
+def test_threads_sharing_a_monitor_number_each_step_once_and_write_every_record(tmp_path):
+    import sys
+    import threading
+
+    got, path = [], tmp_path / "a.jsonl"
+    monitor = Monitor(sinks=[got.append, f"jsonl:{path}"], per_layer=False)
+    returned: list[list] = [[] for _ in range(4)]
+
+    def work(i):
+        for k in range(500):
+            returned[i].append(monitor.step(clip_stats=_stats(float(i * 1000 + k + 1)), loss=float(i), epoch=k))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show at once
+    try:
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    monitor.close()
+    assert all(r is not None and KEYS <= set(r) for rs in returned for r in rs)  # each call got its own record
+    assert sorted(r["step"] for rs in returned for r in rs) == list(range(2000))
+    assert [r["step"] for r in got] == list(range(2000))  # numbered once each, written in order
+    assert [r["step"] for r in read_jsonl(path).records] == list(range(2000))
+    for rs in returned:  # each record holds its own thread's values
+        assert all(r["loss"] == float(int(r["norm"] - 1) // 1000) and r["epoch"] == (r["norm"] - 1) % 1000 for r in rs)

@@ -15,17 +15,19 @@ import pytest
 pytest.importorskip("matplotlib")
 hypothesis = pytest.importorskip("hypothesis")
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from gradclip._errors import GradclipError  # noqa: E402
-from gradclip.cli import main  # noqa: E402
-from gradclip.monitor import RunLog  # noqa: E402
-from gradclip.report import build_report, summarize  # noqa: E402
-from gradclip.report._data import series  # noqa: E402
-from gradclip.report._plots import display_label, layer_heatmaps, norm_figure  # noqa: E402
-from gradclip.report._suggest import suggest  # noqa: E402
+from gradclip._errors import GradclipError
+from gradclip.cli import main
+from gradclip.monitor import RunLog
+from gradclip.report import build_report, summarize
+from gradclip.report._data import series
+from gradclip.report._plots import display_label, layer_heatmaps, norm_figure
+from gradclip.report._suggest import suggest
 
+# the warnings that odd fields raise are checked through the CLI (which records its own)
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 DEMO = Path(__file__).resolve().parent.parent / "runs" / "demo" / "logs" / "regression__norm_1.0__seed0.jsonl"
 
 
@@ -50,16 +52,16 @@ def write(path: Path, recs: list, head: str = "") -> Path:
     return path
 
 
-def report(tmp_path: Path, *logs: Path) -> tuple[int, str, str]:
-    """Run ``gradclip report`` through the CLI's error boundary: (status, html or "", stderr)."""
+def report(tmp_path: Path, *logs: Path) -> tuple[int, str]:
+    """Run ``gradclip report`` through the CLI's error boundary: (status, the page or "")."""
     out = tmp_path / "report.html"
     status = main(["report", *map(str, logs), "-o", str(out)])
-    return status, out.read_text(encoding="utf-8") if status == 0 else "", ""
+    return status, out.read_text(encoding="utf-8") if status == 0 else ""
 
 
 def run_both(tmp_path: Path, capsys, log: Path) -> tuple[int, int, str]:
     """Status of report and suggest on one log, and stderr; each failure is one line."""
-    status_r, page, _ = report(tmp_path, log)
+    status_r, page = report(tmp_path, log)
     err_r = capsys.readouterr().err
     status_s = main(["suggest", str(log)])
     err_s = capsys.readouterr().err
@@ -152,18 +154,24 @@ def test_all_zero_norms(tmp_path, capsys, layers):
         else:
             del r["layers"]
     log = write(tmp_path / "zero.jsonl", recs)
-    assert run_both(tmp_path, capsys, log)[:2] == (0, 0)
-    advice = suggest(log)
-    assert all(math.isfinite(c["threshold"]) for c in advice["candidates"])
-    assert main(["suggest", str(log), "--json"]) == 0
-    json.loads(capsys.readouterr().out)
+    status_r, status_s, err = run_both(tmp_path, capsys, log)
+    assert (status_r, status_s) == (0, 2)  # a report of zeros is fine; a threshold read off zeros is not
+    assert "every finite 'norm' is 0" in err
 
 
-def test_zero_and_tiny_norms_mixed(tmp_path, capsys):
+@pytest.mark.parametrize("other", [1e-300, 5e-324, 1.0, 1e308])
+def test_zero_norms_mixed_with_others_give_positive_finite_thresholds(tmp_path, capsys, other):
     recs = records()
     for i, r in enumerate(recs):
-        r["norm"] = 0.0 if i % 2 else 1e-300
-    assert run_both(tmp_path, capsys, write(tmp_path / "tiny.jsonl", recs))[:2] == (0, 0)
+        r.update(norm=0.0 if i % 2 else other, clipped=i % 4 == 0)
+    log = write(tmp_path / "mixed.jsonl", recs)
+    assert run_both(tmp_path, capsys, log)[:2] == (0, 0)
+    advice = suggest(log)
+    assert advice["candidates"] and all(math.isfinite(c["threshold"]) and c["threshold"] > 0
+                                        for c in advice["candidates"])
+    assert advice["recommended"]["threshold"] > 0
+    assert main(["suggest", str(log), "--json"]) == 0
+    json.loads(capsys.readouterr().out)
 
 
 # -- mathtext ------------------------------------------------------------------------------------
@@ -181,7 +189,7 @@ def _texts(fig) -> list[str]:
 def test_mathtext_run_and_layer_names_are_drawn_verbatim(tmp_path, capsys):
     recs = records(run=MATHTEXT, nan_at=35)
     for r in recs:
-        r["layers"] = {rf"$\sqrt{{$.weight": {"grad_norm": 1.0}, "b_$x^2$": {"grad_norm": 2.0}}
+        r["layers"] = {r"$\sqrt{$.weight": {"grad_norm": 1.0}, "b_$x^2$": {"grad_norm": 2.0}}
     log = write(tmp_path / "math.jsonl", recs, head=json.dumps({"event": "start", "run": MATHTEXT}) + "\n")
     status_r, status_s, _ = run_both(tmp_path, capsys, log)
     assert (status_r, status_s) == (0, 0)
@@ -213,7 +221,7 @@ def test_one_file_with_several_runs_is_reported_as_several_runs(tmp_path, capsys
         text += "".join(json.dumps(r) + "\n" for r in records(n=25, run=name))
     log = tmp_path / "shared.jsonl"
     log.write_text(text, encoding="utf-8")
-    status, page, _ = report(tmp_path, log)
+    status, page = report(tmp_path, log)
     assert status == 0
     for label in ("alpha", "beta", "alpha #2"):
         assert f">{label}</td>" in page
@@ -226,10 +234,10 @@ def test_a_100kb_label_is_truncated_and_fast(tmp_path, capsys):
     label = "x" * 100_000
     log = write(tmp_path / "huge.jsonl", records(run=label), head=json.dumps({"event": "start", "run": label}) + "\n")
     start = time.perf_counter()
-    status, page, _ = report(tmp_path, log)
+    status, page = report(tmp_path, log)
     assert status == 0
     assert main(["suggest", str(log)]) == 0
-    assert time.perf_counter() - start < 15
+    assert time.perf_counter() - start < 10  # 70 s and 1 GB before labels were shortened
     assert "x" * 200 not in page.replace(f'title="{label}"', "")  # full label only in a title= attribute
     assert len(page) < 2_000_000
 
@@ -253,7 +261,7 @@ def test_two_long_labels_get_two_legend_entries(tmp_path):
 def _base_records() -> list[dict]:
     if DEMO.is_file():
         recs = [json.loads(line) for line in DEMO.read_text().splitlines() if line.strip()]
-        recs = [r for r in recs if "event" not in r][:40]
+        recs = [r for r in recs if "event" not in r][:24]
         if recs:
             return recs
     return records()
@@ -278,13 +286,33 @@ def mutated_logs(draw) -> list[dict]:
     return recs
 
 
-@settings(deadline=None, max_examples=50, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                HealthCheck.too_slow])
+def _succeeds_or_gradclip_error(fn) -> None:
+    try:
+        fn()
+    except GradclipError:
+        pass
+
+
+_SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]}
+
+
+@settings(max_examples=50, **_SETTINGS)
 @given(recs=mutated_logs())
-def test_mutated_records_succeed_or_raise_a_gradclip_error(tmp_path, recs):
+def test_mutated_records_summarize_and_suggest_or_raise_a_gradclip_error(tmp_path, recs):
     log = RunLog(tmp_path / "m.jsonl", recs)
-    for fn in (lambda: summarize([log]), lambda: suggest(log), lambda: build_report([log], tmp_path / "m.html")):
-        try:
-            fn()
-        except GradclipError:
-            pass
+    _succeeds_or_gradclip_error(lambda: summarize([log]))
+    _succeeds_or_gradclip_error(lambda: suggest(log))
+
+
+@settings(max_examples=12, **_SETTINGS)  # each report draws four PNGs (~0.3 s)
+@given(recs=mutated_logs())
+def test_mutated_records_build_a_report_or_raise_a_gradclip_error(tmp_path, recs):
+    _succeeds_or_gradclip_error(lambda: build_report([RunLog(tmp_path / "m.jsonl", recs)], tmp_path / "m.html"))
+
+
+def test_an_integer_too_long_to_read_is_one_line_error(tmp_path, capsys):
+    log = tmp_path / "digits.jsonl"
+    log.write_text('{"step": 0, "norm": 1.0}\n{"step": 1, "norm": ' + "9" * 5000 + "}\n", encoding="utf-8")
+    assert main(["suggest", str(log)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{log}:2:" in err

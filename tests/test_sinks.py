@@ -303,3 +303,154 @@ def test_jsonl_survives_sigkill(tmp_path):
     assert steps == list(range(len(steps))) and reported + 1 <= len(steps) <= reported + 2
     assert len(steps) < 1000
     assert all(set(r["layers"]) == {"weight", "bias"} for r in log.records)
+
+
+# -- a record is never lost: failing sinks, full disks, several writers ----------------------------
+
+import warnings
+
+from gradclip.monitor._sinks import SinkError, SinkWarning
+
+
+def _stats(norm=1.0):
+    return gradclip.ClipStats(norm=norm, clipped_norm=norm, coef=1.0, clipped=False, nonfinite=False,
+                              skipped=False, threshold=2.0)
+
+
+def test_a_failing_sink_costs_the_others_nothing_and_errs_after_max_sink_failures():
+    before, after, calls = [], [], []
+
+    def flaky(record):
+        calls.append(record["step"])
+        raise RuntimeError("tracking server unreachable")
+
+    monitor = Monitor(sinks=[before.append, flaky, after.append], max_sink_failures=3)
+    with pytest.warns(SinkWarning, match=r"'flaky' failed on step 0 \(1 of 3.*RuntimeError: tracking server"):
+        monitor.step(clip_stats=_stats(), loss=1.0)
+    with pytest.warns(SinkWarning, match="'flaky' failed on step 1"):
+        monitor.step(clip_stats=_stats(), loss=1.0)
+    with pytest.raises(SinkError, match=r"'flaky' failed 3 times in a row .*max_sink_failures=None") as info:
+        monitor.step(clip_stats=_stats(), loss=1.0)
+    assert isinstance(info.value, gradclip.GradclipError) and info.value.sink == "flaky"
+    assert isinstance(info.value.__cause__, RuntimeError)
+    # both list sinks got every record, the one of the failing step too, and the monitor goes on
+    with pytest.warns(SinkWarning, match=r"step 3 \(1 of 3"):
+        monitor.step(clip_stats=_stats(), loss=1.0)
+    monitor.close()
+    assert [r["step"] for r in before] == [r["step"] for r in after] == [0, 1, 2, 3]
+    assert before == after and calls == [0, 1, 2, 3] and monitor.last["step"] == 3
+
+
+def test_a_sink_that_recovers_resets_its_count_and_none_only_warns():
+    n = {"calls": 0}
+
+    def sometimes(record):
+        n["calls"] += 1
+        if n["calls"] % 2:
+            raise ValueError("odd call")
+
+    got = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Monitor(sinks=[sometimes, got.append], max_sink_failures=2) as monitor:
+            for _ in range(6):  # fails every other step: never twice in a row
+                monitor.step(clip_stats=_stats())
+        with Monitor(sinks=[lambda r: 1 / 0, got.append], max_sink_failures=None) as monitor:
+            for _ in range(5):
+                monitor.step(clip_stats=_stats())
+    assert len(got) == 11 and all(w.category is SinkWarning for w in caught)
+    assert [str(w.message).split(";")[0] for w in caught[-2:]] == ["Sink '<lambda>' failed on step 3",
+                                                                   "Sink '<lambda>' failed on step 4"]
+    assert len(caught) == 3 + 5 and caught[-1].filename == __file__  # the warning points at the caller
+    for bad in (0, -1, True, 2.0, "3"):
+        with pytest.raises(gradclip.ConfigError, match="max_sink_failures must be an int >= 1"):
+            Monitor(max_sink_failures=bad)
+
+
+def test_disk_full_is_a_sink_error_naming_the_path(tmp_path, monkeypatch):
+    import errno
+
+    path = tmp_path / "full.jsonl"
+    got = []
+    monitor = Monitor(sinks=[f"jsonl:{path}", got.append], max_sink_failures=1)
+    real_write = os.write
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(SinkError, match=r"cannot write to .*full\.jsonl: No space left on device \(ENOSPC\)") as info:
+        monitor.step(clip_stats=_stats())
+    assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC and info.value.path == str(path)
+    assert "disk is full" in str(info.value) and got[0]["step"] == 0  # the other sink got the record
+    # a short write (the disk filled up mid-line) is an error too, and the next line starts fresh
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:10]))
+    with pytest.raises(SinkError, match="wrote only 10 of"):
+        monitor.step(clip_stats=_stats())
+    monkeypatch.setattr(os, "write", real_write)
+    monitor.step(clip_stats=_stats())
+    monitor.close()
+    lines = path.read_text().splitlines()  # the start event, the cut fragment, step 2, the end event
+    assert lines[1] == '{"step": 1' and json.loads(lines[2])["step"] == 2 and json.loads(lines[3])["event"] == "end"
+    assert [r["step"] for r in got] == [0, 1, 2]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_dev_full_raises_enospc_as_a_sink_error():
+    import errno
+
+    with pytest.warns(SinkWarning, match="failed on the start event"):
+        monitor = Monitor(sinks=["jsonl:/dev/full"], max_sink_failures=2)
+    with pytest.raises(SinkError, match=r"'jsonl:/dev/full' cannot write to /dev/full.*ENOSPC") as info:
+        monitor.step(clip_stats=_stats())
+    assert info.value.errno == errno.ENOSPC and info.value.path == "/dev/full"
+    with pytest.warns(SinkWarning):
+        monitor.close()
+
+
+def test_files_are_opened_with_o_append_and_each_record_is_one_os_write(tmp_path, monkeypatch):
+    import fcntl
+
+    for overwrite in (False, True):
+        monitor = Monitor(sinks=[f"jsonl:{tmp_path / 'a.jsonl'}", f"csv:{tmp_path / 'a.csv'}"], overwrite=overwrite,
+                          per_layer=True)
+        for sink in monitor.sinks:
+            assert fcntl.fcntl(sink._fd, fcntl.F_GETFL) & os.O_APPEND, (sink.spec, overwrite)
+        writes, real_write = [], os.write
+        monkeypatch.setattr(os, "write", lambda fd, data, w=writes, real=real_write: w.append(data) or real(fd, data))
+        model = torch.nn.Sequential(*[torch.nn.Linear(2, 2) for _ in range(40)])  # 80 layers: lines > PIPE_BUF
+        model(torch.ones(1, 2)).sum().backward()
+        monitor.step(model, clip_stats=gct.Clipper("norm:1.0").step(model))
+        monkeypatch.setattr(os, "write", real_write)
+        monitor.close()
+        assert len(writes) == 2 and all(w.endswith(b"\n") and w.count(b"\n") == 1 for w in writes)
+        assert len(writes[0]) > 4096  # one write of a line longer than PIPE_BUF
+
+
+WRITER = """
+import sys
+import gradclip
+from gradclip.monitor import Monitor
+stats = gradclip.ClipStats(norm=1.0, clipped_norm=1.0, coef=1.0, clipped=False, nonfinite=False, skipped=False,
+                           threshold=2.0)
+run = sys.argv[2] * 3000  # lines of about 3 KB (and of 9 KB): longer than PIPE_BUF for one of the runs
+with Monitor(sinks=["jsonl:" + sys.argv[1]], run=run, per_layer=False) as monitor:
+    for step in range(int(sys.argv[3])):
+        monitor.step(clip_stats=stats, loss=float(step), lr=0.1)
+"""
+
+
+def test_two_processes_appending_to_one_jsonl_lose_and_mix_no_line(tmp_path):
+    path = tmp_path / "shared.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    children = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), label, "2000"], env=env)
+                for label in ("a", "bbb")]
+    assert [c.wait(timeout=300) for c in children] == [0, 0]
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and len(lines) - 1 == 2 * (2000 + 2)  # steps, start and end events
+    records = [json.loads(line) for line in lines[:-1]]  # every line parses
+    for label in ("a", "bbb"):
+        mine = [r for r in records if r["run"] == label * 3000]
+        assert [r["event"] for r in mine if "event" in r] == ["start", "end"]
+        steps = [r for r in mine if "event" not in r]
+        assert [r["step"] for r in steps] == list(range(2000)) and [r["loss"] for r in steps] == list(range(2000))

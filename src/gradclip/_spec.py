@@ -2,7 +2,10 @@
 
 Grammar: ``name[:arg[,arg...]]`` where an ``arg`` is a bare value (sets the policy's positional
 field) or ``key=value`` (a field name or one of the policy's short aliases). Values are parsed as
-the field's type: numbers (``inf`` allowed), booleans (``true``/``false``), strings, ``none``.
+the field's type: numbers (``inf`` allowed; ``1e3`` is the int 1000 where an int is expected),
+booleans (``true``/``false``), strings, ``none``; a list (AGC's ``exclude`` and ``axis``) is
+joined with ``|``. ``+``, ``,`` and ``|`` are separators, so a value cannot hold them: every
+``policy.spec()`` parses back to an equal policy, or raises ``ConfigError`` saying why it cannot.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal, overload
 
 from gradclip._errors import ConfigError
 
@@ -18,12 +18,19 @@ NONFINITE_MODES = ("propagate", "error", "skip", "zero")
 MAX_STEPS = 2**24
 
 
-def integer(name: str, value: Any, *, minimum: int | None = 1, maximum: int | None = MAX_STEPS) -> int:
+@overload
+def integer(name: str, value: Any, *, minimum: int | None = ..., maximum: int | None = ...,
+            allow_none: Literal[False] = ...) -> int: ...
+@overload
+def integer(name: str, value: Any, *, minimum: int | None = ..., maximum: int | None = ...,
+            allow_none: bool) -> int | None: ...
+def integer(name: str, value: Any, *, minimum: int | None = 1, maximum: int | None = MAX_STEPS,
+            allow_none: bool = False) -> int | None:
     """Return ``value`` as a Python int after checking it is a whole number in range.
 
     Accepted: Python and NumPy integers, and integral floats (``3.0``, ``np.float32(3)``, and
     ``"window=1e3"`` in a spec string). Refused: ``bool``, fractional or non-finite floats, and
-    anything that is not a real number.
+    anything that is not a real number. ``None`` passes through when ``allow_none``.
 
     Raises:
         ConfigError: not a whole number, below ``minimum`` or above ``maximum``.
@@ -34,16 +41,19 @@ def integer(name: str, value: Any, *, minimum: int | None = 1, maximum: int | No
         (8, 1000)
         >>> integer("window", 2.5)
         Traceback (most recent call last):
-        gradclip._errors.ConfigError: window must be a whole number (an int). Received: 2.5 (float).
+        gradclip._errors.ConfigError: window must be an int >= 1. Received: 2.5 (float).
     """
     whole = isinstance(value, numbers.Integral) or (
         isinstance(value, numbers.Real) and math.isfinite(float(value)) and float(value).is_integer()
     )
-    if isinstance(value, bool) or type(value).__name__ == "bool_" or not whole:
-        raise ConfigError(f"{name} must be a whole number (an int). Received: {value!r} ({type(value).__name__}).")
+    if value is None and allow_none:
+        return None
+    allowed = ("an int" if minimum is None else f"an int >= {minimum}") + (" or None" if allow_none else "")
+    if _is_bool(value) or not whole:
+        raise ConfigError(f"{name} must be {allowed}. Received: {value!r} ({type(value).__name__}).")
     v = int(value)
     if minimum is not None and v < minimum:
-        raise ConfigError(f"{name} must be an int >= {minimum}. Received: {v}.")
+        raise ConfigError(f"{name} must be {allowed}. Received: {value!r}.")
     if maximum is not None and v > maximum:
         raise ConfigError(
             f"{name} must be <= {maximum:,} (2**24, the largest step count a float32 counter holds "
@@ -58,7 +68,7 @@ def real(name: str, value: Any, allowed: str = "a real number") -> float:
     Raises:
         ConfigError: anything else; the message names ``allowed``.
     """
-    if isinstance(value, bool) or type(value).__name__ == "bool_" or not _is_real(value) or math.isnan(float(value)):
+    if _is_bool(value) or not _is_real(value) or math.isnan(float(value)):
         raise ConfigError(f"{name} must be {allowed}. Received: {value!r} ({type(value).__name__}).")
     return float(value)
 
@@ -68,7 +78,7 @@ def threshold(name: str, value: Any, *, allow_inf: bool = True) -> float:
 
     Torch accepts negative thresholds and silently flips gradient signs; we refuse them.
     """
-    if isinstance(value, bool) or type(value).__name__ == "bool_" or not _is_real(value):
+    if _is_bool(value) or not _is_real(value):
         raise ConfigError(f"{name} must be a real number >= 0. Received: {value!r} ({type(value).__name__}).")
     v = float(value)
     if math.isnan(v):
@@ -87,7 +97,7 @@ def bound(name: str, value: Any) -> float | None:
     """Check an optional clamp bound (any real number, not NaN)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not _is_real(value) or math.isnan(float(value)):
+    if _is_bool(value) or not _is_real(value) or math.isnan(float(value)):
         raise ConfigError(f"{name} must be a real number or None. Received: {value!r}.")
     return float(value)
 
@@ -99,7 +109,7 @@ def norm_type(value: Any) -> float:
     of those is a norm, so clipping by them is refused.
     """
     try:
-        if isinstance(value, bool):
+        if _is_bool(value):
             raise TypeError
         p = float(value)
     except (TypeError, ValueError):
@@ -121,6 +131,11 @@ def choice(name: str, value: Any, allowed: Iterable[str]) -> str:
         listed = ", ".join(repr(a) for a in allowed)
         raise ConfigError(f"{name} must be one of {listed}. Received: {value!r}.")
     return value
+
+
+def _is_bool(value: Any) -> bool:
+    """Python and NumPy booleans: never a number here (``True`` is not a window of 1)."""
+    return isinstance(value, bool) or type(value).__name__ in ("bool", "bool_")  # np.bool_ is named "bool" in NumPy 2
 
 
 def _is_real(value: Any) -> bool:

@@ -7,6 +7,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from gradclip import _validate
 from gradclip._errors import ConfigError
 from gradclip._policies._base import Decision, Measurement, Policy
 
-__all__ = ["AGC", "unit_axes"]
+__all__ = ["AGC", "names_only", "unit_axes"]
 
 #: Where the "unit" (output row, filter) sits in a weight, per framework.
 LAYOUTS = ("torch", "jax", "keras")
@@ -28,16 +29,17 @@ def unit_axes(ndim: int, layout: str, axis: int | Sequence[int] | None = None) -
 
     PyTorch weights are ``[out, in, *kernel]``: reduce every axis but the first. JAX/Keras
     kernels are ``[*kernel, in, out]``: reduce every axis but the last. Vectors and scalars are
-    one unit. An explicit ``axis`` wins.
+    one unit. An explicit ``axis`` wins for tensors of rank >= 2 (a bias stays one unit, so
+    ``axis=(0, 1)`` does not name its one axis twice).
 
     Example:
-        >>> unit_axes(4, "torch"), unit_axes(4, "jax"), unit_axes(1, "torch")
-        ((1, 2, 3), (0, 1, 2), None)
+        >>> unit_axes(4, "torch"), unit_axes(4, "jax"), unit_axes(1, "torch"), unit_axes(1, "torch", (0, 1))
+        ((1, 2, 3), (0, 1, 2), None, None)
     """
-    if axis is not None:
-        return tuple(a % ndim for a in ((axis,) if isinstance(axis, int) else axis)) if ndim else None
     if ndim <= 1:
         return None
+    if axis is not None:
+        return tuple(a % ndim for a in ((axis,) if isinstance(axis, int) else axis))
     return tuple(range(1, ndim)) if layout == "torch" else tuple(range(ndim - 1))
 
 
@@ -56,22 +58,24 @@ class AGC(Policy):
         eps: ε >= 0, the floor on ‖W_i‖. Default 1e-3 (the paper's value).
         exclude: Parameters left unclipped: names (``"head.weight"``), glob patterns
             (``"head.*"``) or module types (``torch.nn.Linear``; the adapter resolves them to names
-            when it is given the model). The paper excludes the final linear classifier; we
-            exclude nothing by default and never guess by position.
-        axis: Unit axes override (an int or tuple) for every tensor of rank >= 2; ``None`` uses
-            the adapter's layout (torch ``[out, in, ...]``, JAX/Keras ``[..., in, out]``).
+            when it is given the model; the Keras and TensorFlow adapters see variables only and
+            refuse types). The paper excludes the final linear classifier; we exclude nothing by
+            default and never guess by position. In a spec string entries are joined with ``|``.
+        axis: Unit axes override (an int or tuple of ints) for every tensor of rank >= 2;
+            ``None`` uses the adapter's layout (torch ``[out, in, ...]``, JAX/Keras
+            ``[..., in, out]``). In a spec string: ``axis=1`` or ``axis=0|1``.
 
     Raises:
         ConfigError: ``clip_factor`` <= 0 or not finite, ``eps`` < 0, an ``exclude`` entry that is
-            neither a string nor a type.
+            neither a string nor a type, an ``axis`` that is not an int or a tuple of ints.
 
     References:
         Brock et al., ICML 2021 (arXiv:2102.06171).
 
     Example:
         >>> from gradclip._policies._agc import AGC
-        >>> AGC(0.02, exclude=("head.*",)).spec()
-        'agc:0.02,exclude=head.*'
+        >>> AGC(0.02, exclude=("head.*", "fc.weight"), axis=(0, 1)).spec()
+        'agc:0.02,exclude=head.*|fc.weight,axis=0|1'
     """
 
     clip_factor: float = 0.01
@@ -91,6 +95,8 @@ class AGC(Policy):
         object.__setattr__(self, "eps", _validate.threshold("eps", self.eps, allow_inf=False))
         if isinstance(self.exclude, str):  # from a spec string: "head.*|fc.weight"
             exclude = tuple(e for e in self.exclude.split("|") if e)
+        elif self.exclude is None:  # "exclude=none" in a spec string
+            exclude = ()
         else:
             exclude = (self.exclude,) if isinstance(self.exclude, type) else tuple(self.exclude)
         for e in exclude:
@@ -99,13 +105,24 @@ class AGC(Policy):
                     f"exclude takes parameter names, glob patterns or module types. Received: {e!r}."
                 )
         object.__setattr__(self, "exclude", exclude)
+        object.__setattr__(self, "axis", _axis(self.axis))
 
-    def spec(self) -> str:  # exclude patterns are written with '|' so the spec stays one token
-        base = super().spec()
+    def spec(self) -> str:
+        """The spec string; ``exclude`` and ``axis`` entries are joined with ``|`` (one token).
+
+        Raises:
+            ConfigError: an ``exclude`` entry that a spec string cannot hold: a module type, or a
+                name with ``+``, ``,`` or ``|`` (the grammar's separators), surrounding spaces, or
+                empty.
+        """
+        for e in self.exclude:
+            _check_writable(self, e)
+        parts = [Policy.spec(dataclasses.replace(self, exclude=(), axis=None))]
         if self.exclude:
-            names = "|".join(e if isinstance(e, str) else e.__name__ for e in self.exclude)
-            base = base.replace(f"exclude={self.exclude}", f"exclude={names}")
-        return base
+            parts.append("exclude=" + "|".join(self.exclude))
+        if self.axis is not None:
+            parts.append("axis=" + "|".join(str(a) for a in (self.axis if isinstance(self.axis, tuple) else (self.axis,))))
+        return ",".join(parts)
 
     def excluded(self, name: str, module_names: frozenset[str] = frozenset()) -> bool:
         """Whether the parameter ``name`` is left unclipped (``module_names``: resolved types)."""
@@ -122,3 +139,59 @@ class AGC(Policy):
             trigger = g_norm > limit
             coefs.append(ops.where(trigger, limit / ops.maximum(g_norm, GRAD_FLOOR), g_norm * 0.0 + 1.0))
         return Decision(threshold=self.clip_factor, unit_coefs=coefs), state
+
+
+def _axis(value: Any) -> int | tuple[int, ...] | None:
+    """``None``, an int or a tuple of several ints (a one-element tuple becomes its int).
+
+    A string is the spec form: ``"1"`` or ``"0|1"``.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split("|")]
+        try:
+            value = tuple(int(p) for p in parts)
+        except ValueError:
+            raise ConfigError(f"axis must be ints joined with '|' in a spec string (axis=1, axis=0|1). "
+                              f"Received: {value!r}.") from None
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    if not items:
+        raise ConfigError("axis must be an int, a tuple of ints or None. Received: ().")
+    axes = tuple(_validate.integer("axis", a, minimum=None, maximum=None) for a in items)
+    return axes[0] if len(axes) == 1 else axes
+
+
+def _check_writable(policy: AGC, entry: Any) -> None:
+    """Raise when an ``exclude`` entry has no spec form (so that a spec always parses back)."""
+    if isinstance(entry, type):
+        raise ConfigError(
+            f"{policy!r} has no spec string: exclude by type ({entry.__name__}) cannot be written. "
+            "Exclude by parameter name or glob pattern instead (exclude=('head.*',))."
+        )
+    bad = [c for c in "+,|" if c in entry]
+    if bad or not entry or entry != entry.strip() or entry.lower() in ("none", "true", "false"):
+        why = f"holds {bad[0]!r}, a separator of the spec grammar" if bad else "is empty, padded or a keyword"
+        raise ConfigError(
+            f"{policy!r} has no spec string: the exclude entry {entry!r} {why}. Use a glob pattern "
+            "instead ('?' matches any one character: 'a+b' is matched by 'a?b')."
+        )
+
+
+def names_only(policy: Policy, adapter: str) -> None:
+    """Refuse AGC exclusions by module type in an adapter that sees variables, not modules.
+
+    Raises:
+        ConfigError: ``policy`` (or a chain member) excludes by type.
+
+    Example:
+        >>> names_only(AGC(exclude=("head.*",)), "gradclip.keras.wrap")  # names pass
+    """
+    types = [e for e in getattr(policy, "exclude", ()) if isinstance(e, type)]
+    if types:
+        raise ConfigError(
+            f"{adapter} sees the optimizer's variables, not the layers that own them, so AGC cannot exclude "
+            f"by type. Received: exclude=({', '.join(t.__name__ for t in types)},). Exclude by variable path "
+            "or glob pattern instead (exclude=('dense_1/*',); the paths are [v.path for v in "
+            "model.trainable_variables])."
+        )

@@ -119,7 +119,11 @@ class Policy:
         raise NotImplementedError
 
     def spec(self) -> str:
-        """The spec string that :func:`gradclip.parse_policy` turns back into this policy."""
+        """The spec string that :func:`gradclip.parse_policy` turns back into an equal policy.
+
+        Raises:
+            ConfigError: the policy has a value no spec string can hold (AGC excluding by type).
+        """
         parts = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -131,7 +135,8 @@ class Policy:
 
 
 def _fmt(value: Any) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
+    # '1e20', not repr's '1e+20': a '+' in a spec string joins chained policies
+    return repr(value).replace("e+", "e") if isinstance(value, float) else str(value)
 
 
 def registry() -> dict[str, type[Policy]]:

@@ -136,7 +136,10 @@ class AutoClip(Policy):
     rewrites all L slots each step, so growing by one costs nothing more asymptotically (memory:
     4 or 8 bytes per step and tensor). With ``window=N`` the shape is fixed at ``(K, N)``: a ring
     buffer ``"ring"`` of the raw norms and ``"head"`` (next slot) say which norm leaves the sorted
-    buffer before the new one enters; per step O(N).
+    buffer before the new one enters; per step O(N). That fixed shape is what ``torch.compile``
+    (``fullgraph=True``), ``tf.function`` and ``jax.jit`` need: pass ``window=N`` there (the
+    functional adapters bound an unbounded history to the last 10,000 norms themselves), since a
+    history that grows by one slot is a new graph every step.
 
     Args:
         percentile: p in [0, 100]. Default 10 (the paper's recommendation). Spec alias ``p``.
@@ -189,8 +192,8 @@ class AutoClip(Policy):
     spec_name = "autoclip"
     spec_positional = "percentile"
     spec_aliases = {"p": "percentile", "cap": "max_norm"}
-    state_rules = {"sorted": "nonnegative,per_tensor", "count": "nonnegative,max=@sorted",
-                   "ring": "nonnegative,per_tensor", "head": "nonnegative,below=window"}
+    state_rules = {"sorted": "nonnegative,per_tensor,with=ring", "count": "nonnegative,max=@sorted,with=sorted",
+                   "ring": "nonnegative,per_tensor,with=sorted", "head": "nonnegative,below=window,with=ring"}
 
     def __post_init__(self) -> None:
         p = _validate.real("percentile", self.percentile, "a number in [0, 100]")
@@ -318,8 +321,8 @@ class MaxNormHistory(Policy):
     spec_name = "maxhist"
     spec_positional = "factor"
     spec_aliases = {"cap": "max_norm"}
-    state_rules = {"ring": "finite,nonnegative", "count": "integer,nonnegative,max=window",
-                   "head": "integer,nonnegative,below=window"}
+    state_rules = {"ring": "finite,nonnegative", "count": "integer,nonnegative,max=window,with=ring",
+                   "head": "integer,nonnegative,below=window,with=ring"}
 
     def __post_init__(self) -> None:
         factor = _validate.threshold("factor", self.factor)
@@ -352,7 +355,5 @@ class MaxNormHistory(Policy):
 
 
 def _window(value: Any, *, allow_none: bool) -> int | None:
-    if value is None and allow_none:
-        return None
-    return _validate.integer("window", value)
+    return _validate.integer("window", value, allow_none=allow_none)
 

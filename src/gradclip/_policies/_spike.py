@@ -89,8 +89,8 @@ class SpikeGuard(Policy):
 
     spec_name = "spikeguard"
     spec_aliases = {"w": "window", "n": "min_history", "s": "sigma", "cap": "max_norm"}
-    state_rules = {"norms": "finite,nonnegative", "count": "integer,nonnegative,max=window",
-                   "pos": "integer,nonnegative,below=window"}
+    state_rules = {"norms": "finite,nonnegative", "count": "integer,nonnegative,max=window,with=norms",
+                   "pos": "integer,nonnegative,below=window,with=norms"}
 
     def __post_init__(self) -> None:
         for name in ("window", "min_history"):

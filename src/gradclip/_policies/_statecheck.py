@@ -10,11 +10,14 @@ family of keys, ``"gamma.*"``) to comma-separated rules:
 - ``finite``: no NaN or Inf; ``nonnegative``: no NaN and every value >= 0 (Inf allowed);
 - ``integer``: whole numbers; ``max=B`` / ``below=B``: every value <= / < ``B``, where ``B`` is
   a hyper-parameter of the policy (``window``) or ``@key``, the last dimension of another key;
+- ``with=K``: reset together with key ``K`` under ``strict=False`` (a fill count with its buffer);
 - ``per_tensor``: a first dimension made at run time (0 in the initial state) is the number of
   gradient tensors (checked at the first step, when the adapter knows it: :func:`check_step`).
 
 A chain checks each member's state under its ``"<i>."`` prefix. Adapters convert their arrays to
-NumPy (a host read at load time, never in a step) and call :func:`check`.
+NumPy (a host read at load time, never in a step) and call :func:`check` (torch), or
+:func:`check_values` where the framework already enforces keys, shapes and dtypes (Keras and
+TensorFlow variables).
 
 Example:
     >>> import numpy as np, gradclip
@@ -39,7 +42,7 @@ import numpy as np
 
 from gradclip._errors import StateDictError
 
-__all__ = ["FORMAT_VERSION", "Problem", "check", "check_step", "check_version"]
+__all__ = ["FORMAT_VERSION", "Problem", "check", "check_step", "check_values", "check_version"]
 
 #: Version of the format ``state_dict()`` writes. A state dict without ``"version"`` is version 1.
 FORMAT_VERSION = 1
@@ -62,8 +65,10 @@ def check_version(state_dict: dict[str, Any]) -> int:
     version = state_dict.get("version", 1)
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise StateDictError(
-            f"'version': found {version!r}, expected an int from 1 to {FORMAT_VERSION} (the state dict formats this "
-            "gradclip reads; a state dict without 'version' is version 1). Upgrade gradclip to load it."
+            f"'version': found {version!r}, expected "
+            + (f"an int from 1 to {FORMAT_VERSION}" if FORMAT_VERSION > 1 else "1")
+            + " (the state dict formats this gradclip reads; a state dict without 'version' is version 1). A newer "
+            "gradclip wrote it: upgrade gradclip to load it."
         )
     return version
 
@@ -73,7 +78,8 @@ def check(policy: Any, state: dict[str, Any], *, strict: bool = True) -> tuple[d
 
     Args:
         policy: The policy the state is loaded into.
-        state: The saved state, every value a NumPy array (or a scalar).
+        state: The saved state, every value a NumPy array (or a scalar). An empty state (saved
+            before the first step) always fits.
         strict: ``True`` (default): any problem raises. ``False``: keys with a problem (wrong or
             missing array, invalid values) get their initial value and the rest is kept.
 
@@ -84,6 +90,8 @@ def check(policy: Any, state: dict[str, Any], *, strict: bool = True) -> tuple[d
         StateDictError: with ``strict=True``, naming every key that does not fit, what was found
             and what was expected. Nothing is loaded.
     """
+    if not state:  # saved before the first step: the state is made then
+        return {}, []
     state = {k: np.asarray(v) for k, v in state.items()}
     fresh = _fresh(policy, _float_dtype(policy, state))
     problems = _structure(policy, state, fresh)
@@ -93,18 +101,29 @@ def check(policy: Any, state: dict[str, Any], *, strict: bool = True) -> tuple[d
         if problems:
             raise StateDictError(_message(policy, problems))
         return out, []
+    reset = _with(policy, {p.key for p in problems})
+    out = {k: v for k, v in state.items() if k not in reset}
     out.update({k: v for k, v in fresh.items() if k not in out})
     for _ in range(len(out) + 1):  # a reset can invalidate a value bounded by it (count <= width)
-        found = _values(policy, out, out)
+        found = _with(policy, {p.key for p in _values(policy, out, out)}) - reset
         if not found:
             break
-        problems += found
-        for p in found:
-            if p.key in fresh:
-                out[p.key] = fresh[p.key]
-            else:
-                del out[p.key]
-    return out, sorted({p.key for p in problems})
+        reset |= found
+        out = {k: fresh[k] if k in found else v for k, v in out.items() if k in fresh or k not in found}
+    return out, sorted(reset)
+
+
+def check_values(policy: Any, state: dict[str, Any]) -> None:
+    """Check only the values (for adapters whose framework already checks keys, shapes and dtypes:
+    Keras and TensorFlow variables restored from a checkpoint).
+
+    Raises:
+        StateDictError: naming each key whose values the policy cannot use.
+    """
+    state = {k: np.asarray(v) for k, v in state.items()}
+    problems = _values(policy, state, state)
+    if problems:
+        raise StateDictError(_message(policy, problems, restored=True))
 
 
 def check_step(policy: Any, shapes: dict[str, tuple[tuple[int, ...], str]], tensors: int, dtype: str) -> None:
@@ -138,6 +157,18 @@ def check_step(policy: Any, shapes: dict[str, tuple[tuple[int, ...], str]], tens
         raise StateDictError(_message(policy, problems, at_step=True))
 
 
+def _with(policy: Any, keys: set[str]) -> set[str]:
+    """``keys`` and the keys declared ``with=<key>`` for one of them (reset together)."""
+    out, before = set(keys), set()
+    while out != before:  # until nothing more is added (a chain of dependencies)
+        before = set(out)
+        for prefix, member in _members(policy):
+            for key, rules in _rules(member).items():
+                if any(r.startswith("with=") and prefix + r[5:] in before for r in rules):
+                    out.add(prefix + key)
+    return out
+
+
 def _members(policy: Any) -> list[tuple[str, Any]]:
     members = getattr(policy, "policies", None)
     return [(f"{i}.", p) for i, p in enumerate(members)] if members else [("", policy)]
@@ -158,13 +189,11 @@ def _fresh(policy: Any, dtype: Any) -> dict[str, np.ndarray]:
 
 
 def _float_dtype(policy: Any, state: dict[str, np.ndarray]) -> Any:
-    """The float dtype of the saved state: that of its first float array the policy stores as float."""
+    """The float dtype of the saved state: the most common one among the arrays the policy stores as float."""
     kinds = _fresh(policy, np.float32)
-    for key in sorted(state):
-        family = _family(policy, key) is not None
-        if (family or (key in kinds and kinds[key].dtype.kind == "f")) and state[key].dtype.kind == "f":
-            return state[key].dtype
-    return np.dtype(np.float32)
+    found = [state[k].dtype for k in sorted(state) if state[k].dtype.kind == "f"
+             and (_family(policy, k) is not None or (k in kinds and kinds[k].dtype.kind == "f"))]
+    return max(found, key=found.count) if found else np.dtype(np.float32)  # the most common one
 
 
 def _family(policy: Any, key: str) -> list[str] | None:
@@ -184,7 +213,7 @@ def _structure(policy: Any, state: dict[str, np.ndarray], fresh: dict[str, np.nd
     for key, want in fresh.items():
         what = f"an array of shape {_shape(want.shape)} and dtype {want.dtype}"
         if key not in state:
-            problems.append(Problem(key, "no such key", what))
+            problems.append(Problem(key, "nothing (the key is missing)", what))
             continue
         got = state[key]
         if got.dtype != want.dtype:
@@ -194,8 +223,8 @@ def _structure(policy: Any, state: dict[str, np.ndarray], fresh: dict[str, np.nd
             problems.append(Problem(key, f"shape {tuple(got.shape)}", f"shape {_shape(want.shape)}"))
     for key in sorted(set(state) - set(fresh)):
         if _family(policy, key) is None:
-            problems.append(Problem(key, "an unexpected key", f"only the keys {sorted(fresh)} (and those of the "
-                                    "policy's key families)"))
+            families = [p + k for p, m in _members(policy) for k in _rules(m) if k.endswith("*")]
+            problems.append(Problem(key, "an unexpected key", f"only the keys {sorted(fresh) + families}"))
         elif state[key].shape != () or state[key].dtype != dtype:
             problems.append(Problem(key, f"shape {tuple(state[key].shape)}, dtype {state[key].dtype}",
                                     f"a 0-d array of dtype {dtype}"))
@@ -266,8 +295,12 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join("any" if n == 0 else str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
-def _message(policy: Any, problems: list[Problem], at_step: bool = False) -> str:
+def _message(policy: Any, problems: list[Problem], at_step: bool = False, restored: bool = False) -> str:
     lines = "\n".join(p.describe() for p in problems)
+    if restored:
+        return (f"The restored state of the policy {policy.spec()!r} holds values it cannot use:\n{lines}\nThe "
+                "checkpoint was saved from a broken run or with another policy: restore an earlier one, or train "
+                "this policy afresh.")
     if at_step:
         return (f"The state loaded into this Clipper ({policy.spec()!r}) does not fit these gradients:\n{lines}\n"
                 "The state was not used and the gradients are untouched. Load a state saved with the same "

@@ -134,7 +134,7 @@ class ZClip(Policy):
         "a": "alpha", "z": "z_thresh", "w": "warmup_steps", "warmup": "warmup_steps", "cap": "max_norm",
         "skip": "skip_on_spike",
     }
-    state_rules = {"warm": "finite,nonnegative", "count": "integer,nonnegative,max=warmup_steps",
+    state_rules = {"warm": "finite,nonnegative", "count": "integer,nonnegative,max=warmup_steps,with=warm",
                    "mu": "finite,nonnegative", "var": "finite,nonnegative"}
 
     def __post_init__(self) -> None:

@@ -10,7 +10,8 @@ from keras import ops as K
 
 from gradclip import _step, _validate
 from gradclip._errors import ConfigError, InputTypeError, NonFiniteError, Offender, nonfinite_message
-from gradclip._policies import Policy
+from gradclip._policies import Policy, _statecheck
+from gradclip._policies._agc import names_only
 from gradclip._spec import parse_policy
 from gradclip._stats import ClipStats
 from gradclip.keras._ops import KerasOps, narrowed
@@ -33,7 +34,10 @@ def wrap(optimizer: keras.optimizers.Optimizer, policy: Policy | str, *, nonfini
     before weight decay. The policy's state and the last step's statistics are optimizer
     variables, so they are saved and restored with the model (``.keras`` files, checkpoints)
     and work under ``jit_compile`` and every backend. ``import gradclip.keras`` before
-    ``keras.models.load_model``. An unbounded ``AutoClip`` history keeps the last ``history``
+    ``keras.models.load_model``. A restored policy state is checked before Keras assigns any
+    optimizer variable (``load_model``, ``load_weights``): values the policy cannot use (a NaN
+    mean, a negative variance, a count out of range) raise :class:`gradclip.StateDictError` and
+    nothing is loaded. An unbounded ``AutoClip`` history keeps the last ``history``
     norms (a variable has a fixed shape).
 
     Layout: AGC's units follow Keras kernels ``[..., in, out]`` (one unit per output column).
@@ -57,7 +61,8 @@ def wrap(optimizer: keras.optimizers.Optimizer, policy: Policy | str, *, nonfini
     Raises:
         InputTypeError: ``optimizer`` is not a Keras optimizer.
         ConfigError: the optimizer is already wrapped or built, sets a Keras clipping argument,
-            is a ``LossScaleOptimizer``; a bad policy or option.
+            is a ``LossScaleOptimizer``; a bad policy or option; AGC excluding by layer type
+            (exclude by variable path: ``exclude=("dense_1/*",)``).
 
     Example:
         >>> import keras, gradclip, gradclip.keras as gck
@@ -91,6 +96,7 @@ def wrap(optimizer: keras.optimizers.Optimizer, policy: Policy | str, *, nonfini
         raise ConfigError("wrap() needs an optimizer that has not been built yet (no apply(), fit() or build() "
                           "so far), because it builds its own copy. Wrap it right after creating it.")
     policy = _step.fixed_shape(parse_policy(policy), history)
+    names_only(policy, "gradclip.keras.wrap")  # no layers here to resolve AGC(exclude=(Dense,)) with
     nonfinite = _validate.choice("nonfinite", nonfinite, _validate.NONFINITE_MODES)
     cls = _clipped_class(type(optimizer))
     clipped = super(_ClippedMixin, cls).from_config(optimizer.get_config())
@@ -211,6 +217,14 @@ class _ClippedMixin:
                                                    found), found, float(K.convert_to_numpy(norm)))
 
     # -- reading, saving ------------------------------------------------------------------------
+    def load_own_variables(self, store: Any) -> None:
+        """Check gradclip's part of a saved optimizer before Keras assigns any variable."""
+        index = {id(v): str(i) for i, v in enumerate(self.variables)}
+        if self._gc.state and len(store.keys()) == len(self.variables):  # else Keras skips it with a warning
+            _statecheck.check_values(self.gradclip_policy,
+                                     {k: np.asarray(store[index[id(v)]]) for k, v in self._gc.state.items()})
+        super().load_own_variables(store)
+
     def gradclip_stats(self) -> ClipStats:
         """The last step's :class:`gradclip.ClipStats`, read from the optimizer's variables."""
         if not self._gc.stats:

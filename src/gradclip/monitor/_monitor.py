@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import datetime as _dt
-import fnmatch
 import math
 import sys
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from gradclip._errors import ConfigError, InputTypeError
-from gradclip._stats import ClipStats, _scalar
-from gradclip.monitor._record import clean
+from gradclip._stats import ClipStats
+from gradclip.monitor._delivery import DEFAULT_MAX_FAILURES, Delivery
 from gradclip.monitor._reader import path_label
-from gradclip.monitor._sinks import CsvSink, JsonlSink, Sink, emit, emit_event, open_sink
+from gradclip.monitor._record import clean, step_value
+from gradclip.monitor._sinks import CsvSink, JsonlSink, Sink, open_sink
 from gradclip.monitor._spike import SpikeDetector
+from gradclip.monitor._steps import StatsStep, fetch, layers, patterns, selected
 
 __all__ = ["Monitor"]
 
@@ -67,6 +69,20 @@ class Monitor:
         overwrite: Truncate existing ``jsonl:``/``csv:`` files. By default (False) a log is never
             lost: an existing file is appended to, and the new run starts with a start record
             (``"resumed": true``; in CSV, a new header line).
+        max_sink_failures: Consecutive failures of one sink that raise a ``SinkError`` (default
+            ``DEFAULT_MAX_FAILURES`` = 3); ``None`` only warns. See "A record is never lost".
+
+    A record is never lost. ``loss``, ``lr`` and ``epoch`` are checked when :meth:`step` is
+    called (NumPy scalars become Python numbers; a string, a container or a tensor of more than
+    one value is an ``InputTypeError``, and nothing is recorded for that step), and each record is
+    encoded once before any sink sees it. A sink that raises gets a ``SinkWarning`` naming it and
+    the error, and the other sinks still get the record; after ``max_sink_failures`` failures in a
+    row of the same sink, :meth:`step` (or :meth:`close`) raises a ``SinkError`` once every sink had
+    the record, and the monitor keeps going if the caller catches it. A file that cannot be written
+    (``ENOSPC``: disk full) is a ``SinkError`` naming the path. Processes may append to one
+    ``jsonl:`` file (``O_APPEND``, one ``os.write`` per line; see :mod:`gradclip.monitor._sinks`).
+    Threads may share a monitor: step numbering, buffering and writing hold one lock (the
+    measurement does not), so steps are numbered once each and written in order.
 
     Every ``jsonl:`` log gets ``{"event": "start", "run": LABEL, "time": ISO-8601 UTC}`` when the
     monitor opens it and ``{"event": "end", "run": LABEL, "time": ..., "steps": N, "outcome": ...}``
@@ -76,6 +92,7 @@ class Monitor:
 
     Raises:
         ConfigError: a bad option, or a sink that cannot be opened (sinks already opened are closed).
+        SinkError: the start event failed ``max_sink_failures`` times (only with ``max_sink_failures=1``).
 
     Example:
         >>> import torch, gradclip, gradclip.torch as gct
@@ -104,6 +121,7 @@ class Monitor:
         run: str | None = None,
         overwrite: bool = False,
         framework: str | None = None,
+        max_sink_failures: int | None = DEFAULT_MAX_FAILURES,
     ) -> None:
         if per_layer not in PER_LAYER_MODES or not isinstance(per_layer, (bool, str)):
             raise ConfigError(f"per_layer must be True, False or 'on_anomaly'. Received: {per_layer!r}.")
@@ -115,7 +133,11 @@ class Monitor:
         if run is not None and not (isinstance(run, str) and run):
             raise ConfigError(f"run must be a non-empty string label (or None for a label from the log path). "
                               f"Received: {run!r}.")
-        self.include, self.exclude = _patterns("include", include), _patterns("exclude", exclude)
+        if max_sink_failures is not None and (isinstance(max_sink_failures, bool) or not isinstance(max_sink_failures, int)
+                                              or max_sink_failures < 1):
+            raise ConfigError("max_sink_failures must be an int >= 1 (consecutive failures of one sink that raise a "
+                              f"SinkError) or None (only warn). Received: {max_sink_failures!r}.")
+        self.include, self.exclude = patterns("include", include), patterns("exclude", exclude)
         self.per_layer, self.flush_every, self.run = per_layer, flush_every, run
         self.spikes = SpikeDetector(spike_window, spike_z)
         if isinstance(sinks, (str, bytes)) or callable(sinks):
@@ -129,17 +151,21 @@ class Monitor:
         self._pending: list[dict[str, Any]] = []
         self._keep: tuple[tuple[str, ...], list[int]] | None = None
         self._closed = False
+        self._lock = threading.RLock()  # step numbers, the buffer, the spike baseline and the sinks
         self.sinks: list[Sink] = []
+        self._out = Delivery(self.sinks, max_sink_failures)  # closes what opened if a later sink fails
         try:
             for spec in sinks:
                 self.sinks.append(open_sink(spec, overwrite=overwrite))
+            self._out = Delivery(self.sinks, max_sink_failures)  # knows its jsonl: sinks
+            files = [s.path for s in self.sinks if isinstance(s, (JsonlSink, CsvSink))]
+            self.label: str = run if run is not None else (path_label(files[0]) if files else "run")
+            start = {"event": "start", "run": self.label, "time": _now()}
+            self._out.event({**start, "framework": framework} if framework else start)
+            self._out.raise_due()
         except BaseException:
             self.close()
             raise
-        files = [s.path for s in self.sinks if isinstance(s, (JsonlSink, CsvSink))]
-        self.label: str = run if run is not None else (path_label(files[0]) if files else "run")
-        start = {"event": "start", "run": self.label, "time": _now()}
-        emit_event(self.sinks, {**start, "framework": framework} if framework else start)
 
     def __enter__(self) -> Monitor:
         return self
@@ -161,7 +187,8 @@ class Monitor:
             clip_stats: The Clipper's result for this step; ``None`` measures the global norm.
             loss: The loss (a number or a 0-d tensor; read with the other values).
             lr: The learning rate (number or tensor).
-            epoch: The epoch, written into the record when given.
+            epoch: The epoch (an int, or a float for a fractional epoch), written into the
+                record when given.
 
         Returns:
             This step's record (a JSON-safe dict) when it was written now, else ``None``
@@ -169,44 +196,59 @@ class Monitor:
 
         Raises:
             ConfigError: neither ``parameters`` nor ``clip_stats``, or the monitor is closed.
-            InputTypeError: ``parameters`` of a type no adapter accepts.
+            InputTypeError: ``parameters`` of a type no adapter accepts, or a ``loss``/``lr``/
+                ``epoch`` that is not one real number (nothing is recorded for the step then).
+            SinkError: a sink failed ``max_sink_failures`` times in a row (the record was given
+                to every sink first; the monitor keeps going if the error is caught).
         """
         if self._closed:
             raise ConfigError("This Monitor is closed; create a new one to keep recording.")
+        values = step_value("epoch", epoch), step_value("loss", loss), step_value("lr", lr)
         probe = self._probe(parameters, clip_stats)
-        if self.flush_every is None:
-            self.flush_every = 1 if probe.device == "cpu" else ACCELERATOR_FLUSH_EVERY
-        eager = self.flush_every == 1
-        entry: dict[str, Any] = {"step": self.steps, "epoch": epoch, "loss": loss, "lr": lr,
-                                 "scalars": probe.scalars(), "offenders": probe.offenders(eager), "layers": None}
-        if self.per_layer is True or (self.per_layer == "on_anomaly" and not eager):
-            entry["layers"] = probe.layers(self._kept(probe.names))
-        self.steps += 1
-        self._pending.append(entry)
-        if eager:
-            return self._flush(probe)
-        if len(self._pending) >= self.flush_every:
-            self.flush()
-        return None
+        with self._lock:
+            if self._closed:
+                raise ConfigError("This Monitor is closed; create a new one to keep recording.")
+            if self.flush_every is None:
+                self.flush_every = 1 if probe.device == "cpu" else ACCELERATOR_FLUSH_EVERY
+            eager = self.flush_every == 1
+            entry: dict[str, Any] = {"step": self.steps, "values": values, "scalars": probe.scalars(),
+                                     "offenders": probe.offenders(eager), "layers": None}
+            if self.per_layer is True or (self.per_layer == "on_anomaly" and not eager):
+                entry["layers"] = probe.layers(self._kept(probe.names))
+            self.steps += 1
+            self._pending.append(entry)
+            if eager:
+                return self._flush(probe)
+            if len(self._pending) >= self.flush_every:
+                self._flush(None)
+            return None
 
     def flush(self) -> None:
-        """Read the buffered values from the device (one transfer) and write their records."""
-        if self._pending:
-            self._flush(None)
+        """Read the buffered values from the device (one transfer) and write their records.
+
+        Raises:
+            SinkError: a sink failed ``max_sink_failures`` times in a row (see :meth:`step`).
+        """
+        with self._lock:
+            if self._pending:
+                self._flush(None)
 
     def close(self) -> None:
         """Write what is buffered, then close every sink (idempotent)."""
-        if self._closed:
-            return
-        try:
-            self.flush()
-            if hasattr(self, "label"):  # not when a sink failed to open
-                emit_event(self.sinks, {"event": "end", "run": self.label, "time": _now(), "steps": self.steps,
-                                        "outcome": self.outcome, "framework": self.framework})
-        finally:
+        with self._lock:
+            if self._closed:
+                return
             self._closed = True
-            for sink in self.sinks:
-                sink.close()
+            try:
+                if self._pending:
+                    self._write(self._pending)
+                if hasattr(self, "label"):  # not when a sink failed to open
+                    self._out.event({"event": "end", "run": self.label, "time": _now(), "steps": self.steps,
+                                     "outcome": self.outcome, "framework": self.framework})
+            finally:
+                self._pending = []
+                self._out.close()
+            self._out.raise_due()
 
     @property
     def outcome(self) -> str | None:
@@ -268,22 +310,28 @@ class Monitor:
         if parameters is not None:
             raise InputTypeError("Monitor.step measures torch parameters; for other frameworks pass "
                                  f"parameters=None and clip_stats=... Received: {type(parameters).__name__}.")
-        return _StatsStep(clip_stats)
+        return StatsStep(clip_stats)
 
     def _kept(self, names: Sequence[str]) -> list[int]:
         key = tuple(names)
         if self._keep is None or self._keep[0] != key:
-            keep = [i for i, n in enumerate(names) if _selected(n, self.include, self.exclude)]
+            keep = [i for i, n in enumerate(names) if selected(n, self.include, self.exclude)]
             self._keep = (key, keep)
         return self._keep[1]
 
     def _flush(self, probe: Any) -> dict[str, Any] | None:
+        """Write the buffered records (holding the lock), then raise a sink's due SinkError."""
         pending, self._pending = self._pending, []
-        values = _fetch([self._flat(e) for e in pending])
+        record = self._write(pending, probe)
+        self._out.raise_due()
+        return record
+
+    def _write(self, pending: list[dict[str, Any]], probe: Any = None) -> dict[str, Any] | None:
+        values = fetch([self._flat(e) for e in pending])
         record = None
         for entry, flat in zip(pending, values):
             record = clean(self._record(entry, flat, probe))
-            emit(self.sinks, record)
+            self._out.write(record, self._out.encode(record))
             self.last = record
         return record
 
@@ -292,10 +340,10 @@ class Monitor:
         s = entry["scalars"]
         layers = entry["layers"] or (None, None, None)
         return [s["norm"], s["clipped_norm"], s["threshold"], s["coef"], s["clipped"], s["skipped"],
-                s["nonfinite"], entry["loss"], entry["lr"], layers[1], layers[2]]
+                s["nonfinite"], *entry["values"], layers[1], layers[2]]
 
     def _record(self, entry: dict[str, Any], flat: list[Any], probe: Any) -> dict[str, Any]:
-        norm, clipped_norm, threshold, coef, clipped, skipped, nonfinite, loss, lr, grad_norms, param_norms = flat
+        norm, clipped_norm, threshold, coef, clipped, skipped, nonfinite, epoch, loss, lr, grad_norms, param_norms = flat
         spike, z = self.spikes.update(norm)
         step = entry["step"]
         offenders = entry["offenders"]
@@ -306,17 +354,17 @@ class Monitor:
             names = None
         elif self.per_layer == "on_anomaly" and probe is not None and names is None:  # eager: measure now
             names, gn, pn = probe.layers(self._kept(probe.names))
-            grad_norms, param_norms = _fetch([[gn, pn]])[0]
+            grad_norms, param_norms = fetch([[gn, pn]])[0]
         record: dict[str, Any] = {"step": step}
-        if entry["epoch"] is not None:
-            record["epoch"] = entry["epoch"]
+        if epoch is not None:  # a whole float (an int tensor read as float) is written as an int
+            record["epoch"] = int(epoch) if isinstance(epoch, float) and epoch.is_integer() else epoch
         if self.run is not None:
             record["run"] = self.run
         record.update(
             loss=_num(loss), lr=_num(lr), norm=norm, clipped_norm=clipped_norm, threshold=threshold, coef=coef,
             clipped=bool(clipped), skipped=bool(skipped), nonfinite=bool(nonfinite), spike=spike,
             offenders=[{"name": o.name, "shape": list(o.shape), "nan": o.nan_count, "inf": o.inf_count} for o in offenders],
-            layers=_layers(names, grad_norms, param_norms, lr, coef, bool(skipped)) if names is not None else None,
+            layers=layers(names, grad_norms, param_norms, lr, coef, bool(skipped)) if names is not None else None,
         )
         if record["loss"] is not None and math.isfinite(record["loss"]):
             self._losses = [*self._losses[:1], record["loss"]]
@@ -331,51 +379,6 @@ class Monitor:
         return record
 
 
-class _StatsStep:
-    """A step known only by its ClipStats (any framework): global values, and per-layer gradient
-    norms from ``stats.tensor_norms`` when the clipper measured them (no parameter norms)."""
-
-    device = "cpu"
-
-    def __init__(self, stats: ClipStats) -> None:
-        self.stats = stats
-        self.names: tuple[str, ...] = tuple(stats.names) if stats.tensor_norms is not None else ()
-
-    def scalars(self) -> dict[str, Any]:
-        s = self.stats
-        return {"norm": s.norm, "clipped_norm": s.clipped_norm, "threshold": s.threshold, "coef": s.coef,
-                "clipped": s.clipped, "skipped": s.skipped, "nonfinite": s.nonfinite}
-
-    def offenders(self, exact: bool) -> Any:
-        return lambda: self.stats.offenders
-
-    def layers(self, keep: Sequence[int]) -> tuple[list[str], Any, None]:
-        if not self.names:
-            return [], None, None
-        norms = [float(v) for v in _host_list(self.stats.tensor_norms)]
-        return [self.names[i] for i in keep], [norms[i] for i in keep], None
-
-
-def _host_list(values: Any) -> list[Any]:
-    """A 1-D array of any framework as a Python list."""
-    if hasattr(values, "numpy"):
-        values = values.numpy()
-    return values.tolist() if hasattr(values, "tolist") else list(values)
-
-
-def _fetch(rows: list[list[Any]]) -> list[list[Any]]:
-    """Python values for every row, with one host read per device for all torch tensors."""
-    flat = [v for row in rows for v in row]
-    torch = sys.modules.get("torch")
-    if torch is not None and any(isinstance(v, torch.Tensor) for v in flat):
-        from gradclip.torch._monitor import fetch
-
-        flat = fetch(flat)
-    flat = [v if v is None or isinstance(v, (bool, int, float, list)) else _scalar(v) for v in flat]
-    width = len(rows[0]) if rows else 0
-    return [flat[i * width : (i + 1) * width] for i in range(len(rows))]
-
-
 def _now() -> str:
     """The current time, ISO-8601 in UTC, to the second (the event records' ``time``)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -385,35 +388,6 @@ def _num(value: Any) -> float | None:
     if value is None:
         return None
     return float(value) if not isinstance(value, list) else None
-
-
-def _layers(names, grad_norms, param_norms, lr, coef, skipped) -> dict[str, dict[str, Any]]:
-    out = {}
-    scale = 0.0 if skipped else (coef if isinstance(coef, (int, float)) else 1.0)
-    for i, name in enumerate(names):
-        g = grad_norms[i] if grad_norms is not None else None
-        p = param_norms[i] if param_norms is not None else None
-        ratio = None
-        if lr is not None and g is not None and p:
-            ratio = float(lr) * g * scale / p
-        out[name] = {"grad_norm": g, "param_norm": p, "update_ratio": ratio}
-    return out
-
-
-def _patterns(what: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = (value,)
-    value = tuple(value)
-    bad = [v for v in value if not isinstance(v, str)]
-    if bad:
-        raise ConfigError(f"{what} must be glob strings such as 'lstm.*'. Received: {bad[0]!r}.")
-    return value
-
-
-def _selected(name: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
-    if include and not any(fnmatch.fnmatchcase(name, p) for p in include):
-        return False
-    return not any(fnmatch.fnmatchcase(name, p) for p in exclude)
 
 
 def _is_iterator(value: Any) -> bool:

@@ -13,7 +13,7 @@ Keys:
     skipped (bool): the step was skipped (non-finite gradients or a spike guard).
     nonfinite (bool): some gradient held NaN/Inf.
     loss (float | null), lr (float | null): when the user passes them.
-    epoch (int): when known.
+    epoch (int | float): when known (a float for a fractional epoch).
     spike (bool): the monitor's spike detector fired on this step.
     offenders (list[dict]): non-finite tensors, in parameter order:
         ``{"name", "shape", "nan", "inf"}``; the first one is the first offender.
@@ -25,7 +25,10 @@ Keys:
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
+
+from gradclip._errors import InputTypeError
 
 #: Scalar keys in the order writers emit them (CSV columns).
 SCALAR_KEYS = (
@@ -35,11 +38,94 @@ SCALAR_KEYS = (
 
 
 def clean(value: Any) -> Any:
-    """JSON-safe value: NaN/Inf floats become ``None``; tuples become lists; recurse into containers."""
-    if isinstance(value, float):
+    """JSON-safe value: NaN/Inf floats become ``None``; tuples become lists; recurse into containers.
+
+    NumPy scalars (``np.int64``, ``np.float32``, 0-d arrays) become Python numbers.
+
+    Example:
+        >>> import numpy as np
+        >>> clean({"loss": float("nan"), "shape": (2, np.int64(3))})
+        {'loss': None, 'shape': [2, 3]}
+    """
+    kind = type(value)
+    if kind is float:
         return value if math.isfinite(value) else None
+    if value is None or kind is bool or kind is int or kind is str:
+        return value
     if isinstance(value, dict):
         return {str(k): clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [clean(v) for v in value]
+    if _is_numpy(value) and getattr(value, "ndim", None) == 0:  # before float: np.float64 is a float
+        return clean(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     return value
+
+
+#: What ``Monitor.step`` accepts for ``loss``, ``lr`` and ``epoch`` (error messages say it).
+STEP_VALUES = "a Python number, a NumPy scalar, or a 0-d tensor/array (torch, NumPy, TensorFlow, JAX) of a real dtype"
+
+
+def step_value(name: str, value: Any) -> Any:
+    """Check a ``loss``/``lr``/``epoch`` passed to ``Monitor.step`` now, before anything is recorded.
+
+    Host values become Python numbers at once; a 0-d tensor is kept as it is (no host read: it is
+    read with the step's other values at the next flush), after its shape and dtype were checked.
+
+    Args:
+        name: The argument's name, for the message.
+        value: ``None``, a real number, a NumPy scalar or 0-d array, or a 0-d framework tensor.
+
+    Returns:
+        ``None``, a Python ``int``/``float``, or the 0-d tensor.
+
+    Raises:
+        InputTypeError: a string, a bool, a container, a complex or non-numeric dtype, or an
+            array with more than one value. Nothing is recorded for the step then.
+
+    Example:
+        >>> import numpy as np
+        >>> step_value("epoch", np.int64(3)), step_value("loss", np.array(1.5))
+        (3, 1.5)
+        >>> step_value("lr", "1e-3")
+        Traceback (most recent call last):
+        ...
+        gradclip._errors.InputTypeError: Monitor.step(lr=...) takes a Python number, a NumPy scalar, or a 0-d tensor/array (torch, NumPy, TensorFlow, JAX) of a real dtype. Received: str '1e-3'. Pass float(value) (nothing was recorded for this step).
+    """
+    if value is None or (type(value) in (int, float)):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):  # subclasses, np.float64
+        return value.item() if _is_numpy(value) else (int(value) if isinstance(value, int) else float(value))
+    dtype, shape = getattr(value, "dtype", None), getattr(value, "shape", None)
+    if isinstance(value, (bool, str, bytes)) or dtype is None or shape is None:
+        got = f"{type(value).__name__} {value!r}" if isinstance(value, (bool, str, bytes)) else type(value).__name__
+        raise InputTypeError(f"Monitor.step({name}=...) takes {STEP_VALUES}. Received: {got}. "
+                             "Pass float(value) (nothing was recorded for this step).")
+    kind = _dtype_kind(dtype)
+    if kind is None:
+        raise InputTypeError(f"Monitor.step({name}=...) takes {STEP_VALUES}. Received: a {type(value).__name__} "
+                             f"of dtype {dtype}. Pass a real value, e.g. float(value.real) "
+                             "(nothing was recorded for this step).")
+    if tuple(shape) != ():
+        raise InputTypeError(f"Monitor.step({name}=...) takes one value ({STEP_VALUES}). Received: a "
+                             f"{type(value).__name__} of shape {tuple(shape)}. Pass one value, e.g. {name}.mean() or "
+                             f"{name}.reshape(()) (nothing was recorded for this step).")
+    if _is_numpy(value):
+        return value.item()
+    return value.detach() if hasattr(value, "detach") else value  # torch: keep no autograd graph alive
+
+
+def _is_numpy(value: Any) -> bool:
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(value, (np.generic, np.ndarray))
+
+
+def _dtype_kind(dtype: Any) -> str | None:
+    """``"float"``, ``"int"`` or ``None`` (bool, complex, string, object) for a dtype of any framework."""
+    name = str(getattr(dtype, "name", None) or dtype).rsplit(".", 1)[-1]  # torch: "torch.float32"
+    if name.startswith(("float", "bfloat", "half", "double")):
+        return "float"
+    if name.startswith(("int", "uint", "long", "short")):
+        return "int"
+    return None

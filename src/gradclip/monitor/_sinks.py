@@ -1,11 +1,22 @@
 """Sinks: where the monitor's records go (JSONL, CSV, TensorBoard, MLflow, W&B, a callable).
 
 Every sink is opened when the :class:`gradclip.Monitor` is created, so a bad spec fails at once
-(``ConfigError`` naming the spec and what is valid), not at step 10,000.
+(``ConfigError`` naming the spec and what is valid), not at step 10,000. A write that fails later
+(disk full, a closed pipe, a sink's own bug) is a :class:`SinkError` naming the sink and, for
+files, the path; :mod:`gradclip.monitor._delivery` keeps it from costing the other sinks.
+
+Files (``jsonl:``, ``csv:``) are opened with ``O_APPEND`` and every line is written with one
+``os.write``. POSIX makes each such write seek to the end and write as one step, and on Linux a
+``write`` to a regular file on a local file system is not interleaved with another process's
+``write`` to the same file, whatever its length (``PIPE_BUF`` limits pipes, not regular files).
+So several processes may append to one JSONL log: no line is lost or mixed with another. NFS
+does not give this guarantee (its ``O_APPEND`` is emulated by the client): give each process its
+own file there.
 """
 
 from __future__ import annotations
 
+import errno as _errno
 import importlib
 import json
 import math
@@ -14,16 +25,36 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gradclip._errors import ConfigError
+from gradclip._errors import ConfigError, GradclipError
 from gradclip.monitor._metrics import scalars
 from gradclip.monitor._record import SCALAR_KEYS
 
-__all__ = ["Sink", "emit", "emit_event", "open_sink"]
+__all__ = ["Sink", "SinkError", "SinkWarning", "open_sink"]
 
 VALID_SPECS = (
     "'jsonl:PATH', 'csv:PATH', 'tensorboard:DIR', 'mlflow', 'wandb', a callable taking the record dict, "
     "or an object with write(record) and close()"
 )
+
+
+class SinkError(GradclipError, OSError):
+    """A sink failed to write a record (a file's ``OSError``, or any error a sink raised).
+
+    Also an ``OSError``, so code that caught the disk-full ``OSError`` keeps catching it.
+
+    Attributes:
+        sink: The sink's spec (``"jsonl:runs/a/grads.jsonl"``) or a callable's name.
+        path: The file written, for ``jsonl:``/``csv:`` sinks; else ``None``.
+        errno: The OS error number (``errno.ENOSPC`` for a full disk), when there is one.
+    """
+
+    def __init__(self, message: str, *, sink: str = "", path: str | None = None, errno: int | None = None):
+        super().__init__(message)
+        self.sink, self.path, self.errno = sink, path, errno
+
+
+class SinkWarning(RuntimeWarning):
+    """A sink failed on one record; the other sinks got it (see ``Monitor(max_sink_failures=...)``)."""
 
 
 class Sink:
@@ -45,11 +76,14 @@ class Sink:
         """Flush and release what the sink holds (idempotent)."""
 
 
-def _open_file(spec: str, path: str, kind: str, overwrite: bool) -> tuple[Any, bool]:
-    """Open ``path`` for unbuffered appends (or truncate it with ``overwrite``).
+_APPEND = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _open_file(spec: str, path: str, kind: str, overwrite: bool) -> tuple[int, bool]:
+    """Open ``path`` with ``O_APPEND`` (after truncating it with ``overwrite``); a file descriptor.
 
     Returns:
-        ``(file, resumed)``: ``resumed`` is True when the file already held data and is appended
+        ``(fd, resumed)``: ``resumed`` is True when the file already held data and is appended
         to. A last line cut short by a killed writer is ended with a newline first, so the old
         fragment stays one line of its own and the new run starts on a fresh line.
     """
@@ -58,33 +92,71 @@ def _open_file(spec: str, path: str, kind: str, overwrite: bool) -> tuple[Any, b
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(target, "wb" if overwrite else "ab", buffering=0)
+        fd = os.open(target, _APPEND | (os.O_TRUNC if overwrite else 0), 0o666)
     except OSError as exc:
         raise ConfigError(f"Sink {spec!r} cannot be opened: {exc.strerror or exc} ({target}). "
                           f"Pass a writable path. Valid sinks: {VALID_SPECS}.") from None
-    resumed = not overwrite and os.fstat(fh.fileno()).st_size > 0
+    resumed = not overwrite and os.fstat(fd).st_size > 0
     if resumed:
         with open(target, "rb") as old:
             old.seek(-1, os.SEEK_END)
             if old.read(1) != b"\n":
-                _write_all(fh, b"\n")
-    return fh, resumed
+                _write_line(spec, target, fd, b"\n")
+    return fd, resumed
 
 
-def _write_all(fh, data: bytes) -> None:
-    """Write ``data`` with as few ``write`` calls as the OS allows (one for a line, in practice)."""
-    view = memoryview(data)
-    while view:
-        n = fh.write(view)
-        view = view[n:]
+def _write_line(spec: str, path: Path, fd: int, data: bytes) -> int:
+    """Append ``data`` (one line) with one ``os.write``; an ``OSError`` becomes a :class:`SinkError`.
+
+    Returns:
+        The number of bytes written: ``len(data)``, or fewer when the disk filled up during it.
+    """
+    try:
+        return os.write(fd, data)
+    except OSError as exc:
+        fix = ("The disk is full: free space, or log to another disk" if exc.errno == _errno.ENOSPC
+               else "Check that the file is still writable, or log elsewhere")
+        raise SinkError(f"Sink {spec!r} cannot write to {path}: {exc.strerror or exc} "
+                        f"({_errno.errorcode.get(exc.errno, exc.errno)}). {fix}.",
+                        sink=spec, path=str(path), errno=exc.errno) from exc
 
 
-class JsonlSink(Sink):
-    """One JSON object per line, written with one unbuffered ``write`` per record.
+class _FileSink(Sink):
+    """A sink that appends lines to a file (``O_APPEND``, one ``os.write`` per line)."""
+
+    spec: str
+    path: Path
+    _fd = -1
+    _cut = False  # the last write was short: start the next line on a fresh line
+
+    def _append(self, data: bytes) -> None:
+        if self._fd < 0:
+            raise SinkError(f"Sink {self.spec!r} is closed ({self.path}).", sink=self.spec, path=str(self.path))
+        if self._cut:
+            data = b"\n" + data
+        written = _write_line(self.spec, self.path, self._fd, data)
+        self._cut = written != len(data)
+        if self._cut:  # the disk filled up mid-line: the reader skips the fragment; the next line starts fresh
+            raise SinkError(f"Sink {self.spec!r} wrote only {written} of {len(data)} bytes of a line to {self.path} "
+                            "(disk full?). Free space, or log to another disk.", sink=self.spec, path=str(self.path),
+                            errno=_errno.ENOSPC)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def __del__(self) -> None:  # a monitor never closed still releases its file
+        self.close()
+
+
+class JsonlSink(_FileSink):
+    """One JSON object per line, appended with one ``os.write`` per record (``O_APPEND``).
 
     The line reaches the operating system before :meth:`write` returns, so a process killed with
     SIGKILL keeps every record written before the kill (at most the last line is cut short, and
-    :func:`gradclip.monitor.read_jsonl` skips it). ``fsync=True`` also forces each line to disk
+    :func:`gradclip.monitor.read_jsonl` skips it). Processes may share the file: see the module
+    docstring for why lines are neither lost nor interleaved. ``fsync=True`` also forces each line to disk
     (survives a power loss; costs a disk flush per step).
 
     An existing non-empty file is appended to, never truncated (``overwrite=True`` truncates it).
@@ -94,21 +166,25 @@ class JsonlSink(Sink):
 
     def __init__(self, spec: str, path: str, *, fsync: bool = False, overwrite: bool = False) -> None:
         self.spec, self.path, self.fsync = spec, Path(path), fsync
-        self._fh, self.resumed = _open_file(spec, path, "jsonl", overwrite)
+        self._fd, self.resumed = _open_file(spec, path, "jsonl", overwrite)
 
     def write(self, record: dict[str, Any]) -> None:
-        _write_all(self._fh, (json.dumps(record, allow_nan=False) + "\n").encode())
+        self.write_line(json.dumps(record, allow_nan=False))
+
+    def write_line(self, line: str) -> None:
+        """Append one encoded record (``json.dumps`` of it, no newline) as one line."""
+        self._append((line + "\n").encode())
         if self.fsync:
-            os.fsync(self._fh.fileno())
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                raise SinkError(f"Sink {self.spec!r} cannot sync {self.path} to disk: {exc.strerror or exc}.",
+                                sink=self.spec, path=str(self.path), errno=exc.errno) from exc
 
     def event(self, record: dict[str, Any]) -> None:
         if record.get("event") == "start" and self.resumed:
             record = {**record, "resumed": True}
         self.write(record)
-
-    def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.close()
 
 
 def _cell(value: Any) -> str:
@@ -119,7 +195,7 @@ def _cell(value: Any) -> str:
     return json.dumps(value, allow_nan=False)
 
 
-class CsvSink(Sink):
+class CsvSink(_FileSink):
     """One row per record, columns :data:`gradclip.monitor.SCALAR_KEYS` (header first).
 
     Cells are JSON values (``true``, ``1.5``, ``[0.1, 0.2]`` for per-tensor thresholds); missing
@@ -133,19 +209,15 @@ class CsvSink(Sink):
 
     def __init__(self, spec: str, path: str, *, overwrite: bool = False) -> None:
         self.spec, self.path = spec, Path(path)
-        self._fh, self.resumed = _open_file(spec, path, "csv", overwrite)
-        _write_all(self._fh, (",".join(SCALAR_KEYS) + "\n").encode())
+        self._fd, self.resumed = _open_file(spec, path, "csv", overwrite)
+        self._append((",".join(SCALAR_KEYS) + "\n").encode())
 
     def write(self, record: dict[str, Any]) -> None:
         cells = []
         for key in SCALAR_KEYS:
             cell = _cell(record.get(key))
             cells.append('"' + cell.replace('"', '""') + '"' if ("," in cell or '"' in cell) else cell)
-        _write_all(self._fh, (",".join(cells) + "\n").encode())
-
-    def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.close()
+        self._append((",".join(cells) + "\n").encode())
 
 
 def _require(spec: str, module: str, extra: str):
@@ -283,16 +355,3 @@ def open_sink(spec: Any, *, overwrite: bool = False) -> Sink:
     if scheme not in _SCHEMES:
         raise ConfigError(f"Unknown sink {spec!r}. Valid sinks: {VALID_SPECS}.")
     return _SCHEMES[scheme](spec, rest, overwrite)
-
-
-def emit_event(sinks: list[Any], record: dict[str, Any]) -> None:
-    """Send a run event to every :class:`Sink` (plain callables and ``write`` objects get steps only)."""
-    for sink in sinks:
-        if isinstance(sink, Sink):
-            sink.event(record)
-
-
-def emit(sinks: list[Sink], record: dict[str, Any]) -> None:
-    """Write one (JSON-safe, see :func:`gradclip.monitor.clean`) record to every sink."""
-    for sink in sinks:
-        sink.write(record)

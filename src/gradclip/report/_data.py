@@ -102,7 +102,7 @@ class Series:
     Attributes:
         label: Legend name (:attr:`RunLog.label`).
         path: The log file.
-        step: Step numbers (the record's ``step``, else its position).
+        step: Step numbers: the record's ``step`` when a finite number, else its position in the run.
         norm, clipped_norm, threshold, loss: float64, NaN where missing, null or non-numeric.
         clipped, spike, nonfinite, skipped: bool. ``spike`` holds the log's flags, or the
             detector's (:data:`SPIKE_DEFINITION`) when the log has none.
@@ -154,6 +154,9 @@ class Series:
         return self.outcome in ("ok", None)
 
 
+_SPIKE_CAP = 1e150
+
+
 def detect_spikes(norm: np.ndarray) -> tuple[np.ndarray, bool]:
     """Spike flags of a norm series by :data:`SPIKE_DEFINITION`, and whether any step could be judged.
 
@@ -165,7 +168,9 @@ def detect_spikes(norm: np.ndarray) -> tuple[np.ndarray, bool]:
         False
     """
     detector = SpikeDetector()
-    flags = np.array([detector.update(float(x) if np.isfinite(x) else None)[0] for x in norm], dtype=bool)
+    # the detector squares deviations: a norm beyond ~1e154 would overflow; 1e150 is as much a spike
+    capped = np.clip(norm, -_SPIKE_CAP, _SPIKE_CAP)
+    flags = np.array([detector.update(float(x) if np.isfinite(x) else None)[0] for x in capped], dtype=bool)
     return flags, int(np.isfinite(norm).sum()) > detector.min_history
 
 

@@ -8,11 +8,17 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gradclip._outcome import describe
+from gradclip._outcome import count_text, describe
 from gradclip.monitor import RunLog
 from gradclip.report import _plots
-from gradclip.report._data import PERCENTILES, SPIKE_DEFINITION, load_logs, series, summarize, summarize_methods
-from gradclip._outcome import count_text
+from gradclip.report._data import (
+    PERCENTILES,
+    SPIKE_DEFINITION,
+    load_logs,
+    series,
+    summarize,
+    summarize_methods,
+)
 from gradclip.report._groups import Group, group_runs, method_of
 from gradclip.report._text import display_label
 

@@ -24,8 +24,8 @@ from gradclip.report._text import display_label, plain
 
 #: Ratio max/min of the positive values above which an axis switches to a log scale.
 WIDE_RANGE = 100.0
-#: Values are drawn within +-BIG (and a log axis from 1 / BIG): matplotlib cannot set limits near overflow.
-BIG = 1e300
+#: Axis limits stay within +-BIG (a log axis from 1 / BIG): matplotlib's tick locators overflow near 1e308.
+BIG = 1e100
 NAN_COLOR = "#d62728"
 
 
@@ -106,10 +106,22 @@ def _apply_limits(ax: Any, limits: tuple[float, float, bool] | None, groups: Seq
     if log:  # in decades: high * (high / low) ** (room / (1 - room)) may overflow
         ax.set_yscale("log")
         decades = math.log10(high) + (math.log10(high) - math.log10(low)) * room / (1 - room)
-        ax.set_ylim(low, 10 ** min(decades, 305.0))
+        ax.set_ylim(low, 10 ** min(decades, 150.0))
     else:
         ax.set_ylim(low, high + (high - low) * room / (1 - room))
     return high
+
+
+def _onscreen(ax: Any, m: np.ndarray) -> np.ndarray:
+    """Values pulled in to within 1000 axes heights of the view (3 decades on a log axis).
+
+    A line to a point far off the axes looks the same, and Agg cannot draw a point at 1e308.
+    """
+    low, high = ax.get_ylim()
+    if ax.get_yscale() == "log":
+        return np.clip(m, max(low / 1e3, 1e-303), min(high * 1e3, 1e303))
+    span = max(high - low, 1e-300)
+    return np.clip(m, low - 1e3 * span, high + 1e3 * span)
 
 
 def _median_band(ax: Any, steps: np.ndarray, m: np.ndarray, color: Any, faint: bool = False, **line: Any) -> Any:
@@ -119,6 +131,7 @@ def _median_band(ax: Any, steps: np.ndarray, m: np.ndarray, color: Any, faint: b
     """
     if faint:
         line = {**line, "lw": 0.8 * line.get("lw", 1.0), "alpha": 0.55}
+    m = _onscreen(ax, m)
     (handle,) = ax.plot(steps, _quiet_reduce(np.nanmedian, m), color=color, **line)
     if len(m) > 1 and line.get("ls", "-") == "-":
         patch = ax.fill_between(steps, _quiet_reduce(np.nanmin, m), _quiet_reduce(np.nanmax, m), color=color,

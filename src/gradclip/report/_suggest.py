@@ -79,8 +79,11 @@ def zclip_end_threshold(norms: np.ndarray, alpha: float = ZCLIP_ALPHA, z: float 
     """
     from gradclip._reference import zclip_trajectory
 
-    traj = zclip_trajectory(norms, alpha=alpha, z_thresh=z, warmup_steps=max(1, min(ZCLIP_WARMUP, len(norms))),
-                            max_norm=None)
+    try:
+        traj = zclip_trajectory(norms, alpha=alpha, z_thresh=z, warmup_steps=max(1, min(ZCLIP_WARMUP, len(norms))),
+                                max_norm=None)
+    except (OverflowError, FloatingPointError):  # norms near 1e308: their squares overflow
+        return math.nan
     mu, var = float(traj["mu"][-1]), float(traj["var"][-1])
     return mu + z * math.sqrt(max(var, 0.0))
 
@@ -113,7 +116,7 @@ def analyse(logs: Iterable[str | Path | RunLog] | str | Path | RunLog) -> dict[s
     """What a log is evidence of: its kind, norms, outcome, framework and task.
 
     Raises:
-        LogError: a log is missing, empty or corrupt, or holds no finite norm.
+        LogError: a log is missing, empty or corrupt, or holds no finite norm, or only zero norms.
     """
     runs = load_logs(logs)
     parts = [series(log) for log in runs]
@@ -122,6 +125,9 @@ def analyse(logs: Iterable[str | Path | RunLog] | str | Path | RunLog) -> dict[s
     if not finite.size:
         raise LogError(f"{', '.join(str(s.path) for s in parts)}: no finite 'norm' in any record; "
                        "suggest needs the pre-clip global norms of a run.")
+    if not (finite > 0).any():
+        raise LogError(f"{', '.join(str(s.path) for s in parts)}: every finite 'norm' is 0 (no gradient reached the "
+                       "parameters), so the log says nothing about a threshold; check that the model trains.")
     nonfinite = int(sum(int(s.nonfinite.sum()) for s in parts))
     clipped = float(np.mean(np.concatenate([s.clipped for s in parts]))) if len(norms) else 0.0
     ends = [log.end for log in runs if log.end and log.end.get("outcome")]
@@ -161,11 +167,12 @@ def candidates(info: dict[str, Any]) -> list[dict[str, Any]]:
     if info["used_threshold"] is not None:
         raw.append(("run_threshold", info["used_threshold"], "the threshold this run was clipped at"))
     if {"diverged", "exploded", "clipped"} & set(info["kind"]):
-        low = float(norms.min())
+        low = float(norms[norms > 0].min())
         for k in LADDER:
-            raw.append((f"min/1e{k}", low / 10**k, f"the smallest logged norm / 10^{k}"))
+            raw.append((f"min/1e{k}", low / 10**k, f"the smallest positive logged norm / 10^{k}"))
+    # a threshold of 0 zeroes every gradient, an infinite one (norms near 1e308 overflow) clips nothing
     return [{"name": name, "threshold": t, "fraction_clipped": float(np.mean(norms > t)), "rule": rule}
-            for name, t, rule in raw]
+            for name, t, rule in raw if math.isfinite(t) and t > 0]
 
 
 def _rule_pick(info: dict[str, Any]) -> tuple[str, str]:
@@ -217,7 +224,7 @@ def suggest(logs: Iterable[str | Path | RunLog] | str | Path | RunLog, *,
         ``spec``, ``python``, ``adaptive_spec``).
 
     Raises:
-        LogError: a log is missing, empty or corrupt, or holds no finite norm.
+        LogError: a log is missing, empty or corrupt, or holds no finite norm, or only zero norms.
         ConfigError: ``verify="auto"`` on a log that names no task, or an unknown task.
 
     Example:
@@ -229,9 +236,12 @@ def suggest(logs: Iterable[str | Path | RunLog] | str | Path | RunLog, *,
         >>> advice["recommended"]["python"]
         'gradclip.torch.Clipper(gradclip.GlobalNorm(10.0))'
     """
-    info = analyse(logs)
+    with np.errstate(over="ignore", invalid="ignore"):  # norms near 1e308: sums overflow to inf, said as such
+        info = analyse(logs)
+        cands = candidates(info)
+    if not cands:
+        raise LogError(f"{', '.join(info['logs'])}: no usable threshold in these norms (all 0 or overflowing).")
     framework = framework or info["framework"] or "torch"
-    cands = candidates(info)
     norms = info.pop("norms")
     warnings = []
     if "too short" in info["kind"]:
@@ -245,9 +255,10 @@ def suggest(logs: Iterable[str | Path | RunLog] | str | Path | RunLog, *,
     if verify is not None:
         verification = _verify(verify, info, framework, seeds, {c["name"]: c["threshold"] for c in cands})
     rec = _recommend(info, cands, norms, verification, framework)
-    return {**info, "framework": framework, "warnings": warnings,
-            "norm": {"mean": float(norms.mean()), "min": float(norms.min()), "max": float(norms.max()),
-                     "p50": float(np.percentile(norms, 50))},
+    with np.errstate(over="ignore", invalid="ignore"):
+        summary = {"mean": float(norms.mean()), "min": float(norms.min()), "max": float(norms.max()),
+                   "p50": float(np.percentile(norms, 50))}
+    return {**info, "framework": framework, "warnings": warnings, "norm": summary,
             "candidates": cands, "verification": verification, "recommended": rec}
 
 

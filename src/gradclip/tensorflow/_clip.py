@@ -9,8 +9,8 @@ import numpy as np
 import tensorflow as tf
 
 from gradclip import _step, _validate
-from gradclip._errors import ConfigError, InputTypeError, NonFiniteError, Offender, nonfinite_message
-from gradclip._policies import Policy
+from gradclip._errors import ConfigError, InputTypeError, NonFiniteError, Offender, StateDictError, nonfinite_message
+from gradclip._policies import Policy, _statecheck
 from gradclip._spec import parse_policy
 from gradclip._stats import ClipStats
 from gradclip.tensorflow._ops import TFOps
@@ -81,7 +81,9 @@ class Clipper(tf.Module):
     Call it once per step, between ``tape.gradient`` and ``optimizer.apply_gradients``, eager or
     inside ``tf.function``. The state variables are created at the first call (so the first call
     may be inside the traced function) and are tracked by ``tf.train.Checkpoint``; the last
-    step's statistics are kept too, for :meth:`last_stats` and :class:`gradclip.Monitor`.
+    step's statistics are kept too, for :meth:`last_stats` and :class:`gradclip.Monitor`. A
+    checkpoint restored before the first call is checked when the variables are made; after a
+    restore into a Clipper that has already run, call :meth:`validate`.
     An unbounded ``AutoClip`` history keeps the last ``history`` norms (a variable has a fixed
     shape).
 
@@ -135,6 +137,22 @@ class Clipper(tf.Module):
             var.assign(tf.cast(tf.broadcast_to(value, var.shape), var.dtype))
         return out, stats
 
+    def validate(self) -> None:
+        """Check the policy state held in the variables, as ``torch``'s ``load_state_dict`` does.
+
+        ``tf.train.Checkpoint`` restores the variables itself, so gradclip checks them when they
+        are made (a checkpoint restored before the first call is checked there, and a bad one is
+        replaced by the initial state before the error is raised). Call this after restoring into
+        a Clipper that has already run (one host read; eager only).
+
+        Raises:
+            StateDictError: a value the policy cannot use (a NaN mean, a negative variance, a count
+                or ring position out of range), naming the key, what was found and what was expected.
+        """
+        if self.state is not None:
+            with tf.init_scope():
+                _statecheck.check_values(self.policy, {k: v.numpy() for k, v in self.state.items()})
+
     def last_stats(self) -> ClipStats:
         """The statistics of the last step, read from the variables (a host read)."""
         if self.stats_vars is None:
@@ -159,6 +177,12 @@ class Clipper(tf.Module):
             self._threshold = outcome.threshold
         with tf.init_scope():  # variables are created eagerly even inside tf.function
             self.state = {k: tf.Variable(np.asarray(v), trainable=False, name=_var_name(k)) for k, v in state.items()}
+            try:  # a checkpoint restored before this call fills the variables as they are made
+                self.validate()
+            except StateDictError:
+                for k, v in state.items():
+                    self.state[k].assign(np.asarray(v))
+                raise
             self.stats_vars = {
                 k: tf.Variable(np.zeros(np.shape(v), np.asarray(v).dtype if k != "threshold" else acc.as_numpy_dtype),
                                trainable=False, name=f"stats_{k}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any
 
@@ -26,10 +27,26 @@ class Clipper:
     accumulated in float32 (float64 when a gradient is float64) whatever the gradient dtype, so
     bf16/fp16 gradients get a 7-digit norm; ``norm_dtype`` overrides it.
 
-    Host-device syncs, written down: with ``nonfinite="propagate"`` a step reads nothing from the
-    device (on accelerators the offenders' NaN/Inf counts are then reported as -1, since the
-    gradients are already scaled when the offenders are read). ``"error"``, ``"skip"`` and
-    ``"zero"`` read one boolean per step. On the CPU everything is exact and eager.
+    Host-device syncs and ``torch.compile``, written down. On accelerators, and under
+    ``torch.compile`` on any device, a step is branch-free. Host reads per step:
+
+    - ``"propagate"``: 0. Every policy compiles in one graph (``fullgraph=True``) and gives the
+      eager numbers. Offenders are found lazily from per-tensor flags, when ``stats.offenders``
+      is read, with NaN/Inf counts reported as -1 (the gradients are already scaled by then).
+      ``AutoClip`` under ``torch.compile``: pass ``window=N`` (a fixed-size history);
+      ``AutoClip()`` grows its history by one slot per step, so every step is a new graph and
+      ``fullgraph=True`` stops at torch's recompile limit.
+    - ``"skip"``: 1 (whether the norm is finite: refusing a step is a branch), or 0 under
+      :func:`gradclip.torch.clipped` with a fused optimizer and a policy that decides one global
+      factor, where the skip is folded into the kernel's ``found_inf`` and the policy state is
+      kept with a ``where``.
+    - ``"zero"``: 1 (zeroing instead of applying the policy is a branch).
+    - ``"error"``: 1 (to decide whether to raise).
+
+    Under ``torch.compile`` each of those reads is one graph break. In eager mode on the CPU a
+    read waits for no device, so the CPU path reads where it saves work: a factor of exactly 1
+    skips the multiply, value clipping finds its flag with one ``aminmax``, and offenders are
+    counted exactly when the norm is non-finite.
 
     Args:
         policy: A :class:`gradclip.Policy` or a spec string (``"norm:1.0"``, ``"value:0.5"``).
@@ -136,12 +153,14 @@ class Clipper:
             norm = torch.linalg.vector_norm(tensor_norms, p)
         finite = torch.isfinite(norm)
         offenders: Any = ()
-        if grads[0].device.type == "cpu" or self.nonfinite != "propagate":
+        eager = _fast.host_reads(grads[0].device)  # eager CPU: host reads are free there
+        fold = not eager and self.nonfinite == "skip" and not apply_coef  # into the fused kernel's found_inf
+        if eager or (self.nonfinite != "propagate" and not fold):
             if not bool(finite):  # one host read; free on the CPU
                 offenders = (_measure.offenders if view is None else view.offenders)(names, index, grads)
                 if self.nonfinite != "propagate":
                     return self._refuse(grads, norm, offenders, p, tensor_norms, names)
-        else:  # accelerator, propagate: names from the per-tensor flags, read lazily
+        else:  # branch-free (accelerator, torch.compile): names from the per-tensor flags, read lazily
             flags = ~torch.isfinite(tensor_norms)
             offenders = lambda: _lazy_offenders(names, index, grads, flags)  # noqa: E731
         if self._state is None:
@@ -161,8 +180,20 @@ class Clipper:
                 units = view.units(self.policy, *units)
         m = Measurement(norm=norm, tensor_norms=tensor_norms, finite=finite, names=tuple(names),
                         unit_norms=units[0], param_unit_norms=units[1])
-        decision, self._state = self.policy.decide(m, self._state, TorchOps)
+        before = self._state
+        decision, self._state = self.policy.decide(m, before, TorchOps)
+        if fold and decision.coef is None:  # no global factor for the kernel to skip with: one host read
+            fold = False
+            if not bool(finite):
+                self._state = before
+                found = (_measure.offenders if view is None else view.offenders)(names, index, grads)
+                return self._refuse(grads, norm, found, p, tensor_norms, names)
+        elif fold:
+            decision, self._state = _fold_nonfinite(decision, before, self._state, finite)
         stats = self._apply(decision, grads, m, p, acc, offenders, apply_coef)
+        if fold:  # a non-finite step reads as in _refuse: not clipped, norm unchanged
+            stats.clipped = torch.where(finite, stats.clipped, False)
+            stats.clipped_norm = torch.where(finite, stats.clipped_norm, norm)
         if view is not None and view.restates(decision):  # changed locally: measure again
             stats.clipped, stats.clipped_norm = view.restate(p, self.foreach, acc, stats.clipped)
         if self._dist is not None and self._dist.check_every:
@@ -264,8 +295,16 @@ class Clipper:
 
         Example:
             >>> import gradclip.torch as gct
-            >>> saved = gct.Clipper("zclip:warmup_steps=4").state_dict()
-            >>> gct.Clipper("zclip:warmup_steps=8").load_state_dict(saved, strict=False)  # nothing to reset yet
+            >>> import warnings, torch, gradclip.torch as gct
+            >>> first = gct.Clipper("zclip:warmup_steps=4")
+            >>> w = torch.nn.Parameter(torch.ones(3)); w.grad = torch.ones(3)
+            >>> stats = first.step([w])
+            >>> resumed = gct.Clipper("zclip:warmup_steps=8,alpha=0.9")  # changed hyper-parameters
+            >>> with warnings.catch_warnings(record=True) as caught:
+            ...     warnings.simplefilter("always")
+            ...     resumed.load_state_dict(first.state_dict(), strict=False)
+            >>> str(caught[0].message)[:62]  # the warm-up buffer no longer fits; mu and var are kept
+            "load_state_dict(strict=False) reset the state arrays ['count',"
         """
         steps, state, reset = self._checked(state_dict, strict)
         if reset:
@@ -341,6 +380,18 @@ def _check_complex(policy: Policy, names: list[str], grads: list[torch.Tensor]) 
         raise InputTypeError(f"{type(real_only[0]).__name__} needs real gradients (it clamps or compares real values), "
                              f"and the gradient of {bad!r} is complex. Received a complex gradient; use a norm policy "
                              "(GlobalNorm, PerTensorNorm, AutoClip, ZClip...), which measures the moduli.")
+
+
+def _fold_nonfinite(d: Decision, before: dict[str, Any], after: dict[str, Any],
+                    finite: torch.Tensor) -> tuple[Decision, dict[str, Any]]:
+    """``nonfinite="skip"`` without a host read: a non-finite step is a skip, and keeps the old state."""
+    bad = ~finite
+    state = {k: torch.where(finite, v, before[k]) if _same_shape(v, before.get(k)) else v for k, v in after.items()}
+    return dataclasses.replace(d, skip=bad if d.skip is None else d.skip | bad), state
+
+
+def _same_shape(a: Any, b: Any) -> bool:
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
 
 
 def _lazy_offenders(names, index, grads, flags) -> tuple:

@@ -47,6 +47,18 @@ _REAL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _ACC = (torch.float32, torch.float64)
 _local = threading.local()
 
+#: Whether the CPU path may read a value on the host to take a shortcut (skip a multiply by exactly
+#: 1, look for offenders only when the norm is non-finite). On the CPU such a read waits for no
+#: device, so a branch is cheaper than the work it saves. On accelerators and under
+#: ``torch.compile`` every step is branch-free instead (no sync, no graph break); setting this to
+#: False runs that path on CPU tensors too (the tests that count host reads do).
+HOST_READS = True
+
+
+def host_reads(device: torch.device) -> bool:
+    """Whether a step on ``device`` takes the CPU path with host reads (eager CPU, ``HOST_READS``)."""
+    return HOST_READS and device.type == "cpu" and not torch.compiler.is_compiling()
+
 
 def flag(value: object, *, auto: bool) -> bool | None:
     """Check a ``fast=`` argument: a bool, or ``None`` ("auto") where ``auto`` is allowed.
@@ -61,8 +73,12 @@ def flag(value: object, *, auto: bool) -> bool | None:
 
 
 def applies(p: float, device: torch.device, dtype: torch.dtype, acc: torch.dtype) -> bool:
-    """Whether the blocked-dot norm serves a (device, dtype) group: 2-norm of real floats on the CPU."""
-    return p == 2.0 and device.type == "cpu" and dtype in _REAL and acc in _ACC
+    """Whether the blocked-dot norm serves a (device, dtype) group: 2-norm of real floats on the CPU.
+
+    Not under ``torch.compile``: its per-thread scratch buffers and MKL dots are eager-only tricks.
+    """
+    return (p == 2.0 and device.type == "cpu" and dtype in _REAL and acc in _ACC
+            and not torch.compiler.is_compiling())
 
 
 def wanted(fast: bool | None, dtype: torch.dtype, acc: torch.dtype) -> bool:
@@ -191,11 +207,11 @@ def clamp_(ts: list[torch.Tensor], lo: float | None, hi: float | None) -> None:
     """Clamp every element into ``[lo, hi]`` in one read-write pass per run (NaN stays NaN)."""
     if lo is None and hi is None:
         return
-    for r in flat_runs(ts):
+    for r in (ts if torch.compiler.is_compiling() else flat_runs(ts)):
         r.clamp_(min=lo, max=hi)
 
 
 def foreach_mul_(ts: list[torch.Tensor], coef: torch.Tensor) -> None:
     """``torch._foreach_mul_`` over the flat runs of CPU tensors (one call for each run of views)."""
     if ts:
-        torch._foreach_mul_(flat_runs(ts) if ts[0].is_cpu else ts, coef)
+        torch._foreach_mul_(flat_runs(ts) if ts[0].is_cpu and not torch.compiler.is_compiling() else ts, coef)

@@ -9,9 +9,11 @@ separate scale pass disappears. The kernel also takes ``found_inf``: a skipped s
 gradients with ``nonfinite="skip"``, a spike with ``SpikeGuard``) leaves parameters and optimizer
 state untouched without a host-device sync.
 
-Host-device syncs, written down: on the CPU a skipped step is read on the host (free there). On
-accelerators the fused path reads nothing; an optimizer that is not fused reads one boolean per
-step (whether to skip), since a step that must not happen cannot be undone afterwards.
+Host-device syncs, written down: in eager mode on the CPU a skipped step is read on the host (free
+there). On accelerators and under ``torch.compile`` the fused path reads nothing, with
+``nonfinite="propagate"`` and with ``"skip"`` (the skip rides in ``found_inf``); an optimizer that is
+not fused reads one boolean per step (whether to skip), since a step that must not happen cannot be
+undone afterwards. The counts for each mode are in :class:`gradclip.torch.Clipper`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 from gradclip._errors import ConfigError, InputTypeError
 from gradclip._policies import Policy
 from gradclip._stats import ClipStats
-from gradclip.torch import _measure, _params
+from gradclip.torch import _fast, _measure, _params
 from gradclip.torch._clipper import Clipper
 
 __all__ = ["clipped"]
@@ -39,6 +41,7 @@ class _Binding:
         self.clipper = clipper
         self.parameters = parameters
         self.original = original
+        self.attrs: dict[str, Any] = {}  # the optimizer's __dict__ (see _clipped_step)
         self.pending: tuple | None = None  # a checked clipper state, assigned after the optimizer's
 
 
@@ -58,6 +61,15 @@ def clipped(optimizer: torch.optim.Optimizer, policy: Clipper | Policy | str, *,
       step the gradients hold the clipped values, as after clip-then-step.
     - Otherwise (other optimizers, per-tensor/unit-wise/value policies) it is clip-then-step.
     - A skipped step (``stats.skipped``) does not update anything, including the step count.
+
+    Host reads and ``torch.compile``: with a fused optimizer, ``"propagate"`` and ``"skip"`` read
+    nothing from the device (a non-finite step is skipped by the kernel's ``found_inf``); ``"zero"``
+    and ``"error"`` read one boolean per step, and an optimizer that is not fused reads one more
+    (whether to step). Compiled, the clip is one graph without a break (``fullgraph=True`` holds
+    for ``optimizer.clipper.step(model, apply_coef=False)``); the step itself breaks only where
+    torch breaks every optimizer step (around its body; torch 2.13 does not trace the fused
+    kernels), so ``torch.compile(opt.step)`` works and ``fullgraph=True`` does not, as for the
+    same optimizer without gradclip.
 
     ``optimizer.clip_stats`` holds the :class:`gradclip.ClipStats` of the last step and
     ``optimizer.clipper`` the :class:`Clipper`. The clipper's state is saved in
@@ -111,6 +123,7 @@ def clipped(optimizer: torch.optim.Optimizer, policy: Clipper | Policy | str, *,
     clipper = _as_clipper(policy, clipper_options)
     params = list(parameters) if isinstance(parameters, (list, tuple)) else parameters
     optimizer._gradclip = _Binding(clipper, params, optimizer.step)  # type: ignore[attr-defined]
+    optimizer._gradclip.attrs = optimizer.__dict__  # type: ignore[attr-defined]
     optimizer.clipper = clipper  # type: ignore[attr-defined]
     optimizer.clip_stats = None  # type: ignore[attr-defined]
     optimizer.step = types.MethodType(_clipped_step, optimizer)  # type: ignore[method-assign]
@@ -153,9 +166,10 @@ def _clipped_step(self: torch.optim.Optimizer, closure: Any = None) -> Any:
         )
     target = self.param_groups if binding.parameters is None else binding.parameters
     stats = binding.clipper.step(target, apply_coef=not fused)  # Monitor.attach forwards apply_coef
-    self.clip_stats = stats  # type: ignore[attr-defined]
+    # Through __dict__: torch.compile (2.13) silently drops attribute assignments on an optimizer.
+    binding.attrs["clip_stats"] = stats
     deferred = fused and stats.coef is not None
-    if stats.norm.device.type == "cpu":
+    if _fast.host_reads(stats.norm.device):  # eager CPU: reading the flags is free, and saves a pass
         if bool(stats.skipped):
             if deferred:  # the clipper's skip folds into coef = 0: leave the gradients as clip-then-step would
                 _apply(binding, self, stats.coef)
@@ -181,7 +195,7 @@ def _fused_step(opt: torch.optim.Optimizer, binding: _Binding, stats: ClipStats,
     try:
         if deferred:
             opt.grad_scale = torch.reciprocal(stats.coef).to(torch.float32)  # type: ignore[attr-defined]
-        if stats.norm.device.type != "cpu" or scaler_flag is not None:
+        if not _fast.host_reads(stats.norm.device) or scaler_flag is not None:
             opt.found_inf = skip  # type: ignore[attr-defined]
         binding.original()
     finally:

@@ -145,10 +145,11 @@ def scale_(grads: list[torch.Tensor], coef: torch.Tensor, foreach: bool | None) 
 
     On the CPU, where reading ``coef`` costs no device sync, a coefficient of exactly 1 skips the
     pass (``x * 1 == x`` bit for bit; a NaN coefficient still multiplies), and adjacent views of
-    one buffer are multiplied as one tensor. On accelerators the multiply always runs, as in torch.
+    one buffer are multiplied as one tensor. On accelerators and under ``torch.compile`` the
+    multiply always runs, as in torch (:func:`gradclip.torch._fast.host_reads`).
     """
     groups = grouped(grads)
-    if coef.device.type == "cpu" and all(d.type == "cpu" for d, _, _ in groups) and bool(coef == 1):
+    if _fast.host_reads(coef.device) and all(d.type == "cpu" for d, _, _ in groups) and bool(coef == 1):
         return
     for device, ts, _ in groups:
         c = coef.to(device)
@@ -176,10 +177,11 @@ def _outside_one(g: torch.Tensor, lo: float | None, hi: float | None) -> list[to
     """0-d bool tensors: has ``g`` an element below ``lo`` / above ``hi``?
 
     On the CPU one ``aminmax`` read answers both (a host read of one flag there is free; a NaN
-    minimum falls back to the comparisons, which skip NaN). Elsewhere: comparisons, no sync.
+    minimum falls back to the comparisons, which skip NaN). Elsewhere (and under ``torch.compile``):
+    comparisons, no sync.
     """
     low = high = g
-    if g.device.type == "cpu" and g.numel():
+    if _fast.host_reads(g.device) and g.numel():
         low, high = torch.aminmax(g)
         if bool(torch.isnan(low)):
             low = high = g
