@@ -223,3 +223,11 @@ def test_clipper_refuses_a_call_with_another_number_of_gradients():
     with pytest.raises(gradclip.InputTypeError, match="received 1"):
         clipper([tf.constant([3.0, 4.0]), None], [a, b])
     assert float(clipper.last_stats().norm) == float(before.norm)  # nothing was recorded
+
+
+def test_agc_exclusion_by_module_type_is_refused_not_ignored():
+    agc = gradclip.AGC(exclude=(tf.keras.layers.Dense,))
+    with pytest.raises(gradclip.ConfigError, match="exclude"):
+        gtf.Clipper(agc)
+    with pytest.raises(gradclip.ConfigError, match="exclude"):
+        gtf.clip([tf.constant([1.0])], agc)

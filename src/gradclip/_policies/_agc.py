@@ -97,8 +97,13 @@ class AGC(Policy):
             exclude = tuple(e for e in self.exclude.split("|") if e)
         elif self.exclude is None:  # "exclude=none" in a spec string
             exclude = ()
+        elif isinstance(self.exclude, type):
+            exclude = (self.exclude,)
+        elif isinstance(self.exclude, (tuple, list, set, frozenset)):
+            exclude = tuple(self.exclude)
         else:
-            exclude = (self.exclude,) if isinstance(self.exclude, type) else tuple(self.exclude)
+            raise ConfigError("exclude takes a name, a glob pattern, a module type, or a tuple of them. Received: "
+                              f"{self.exclude!r} ({type(self.exclude).__name__}).")
         for e in exclude:
             if not isinstance(e, (str, type)):
                 raise ConfigError(

@@ -57,9 +57,11 @@ class SpikeDetector:
         score = None
         if len(self._values) >= self.min_history:
             n = len(self._values)
-            mean = sum(self._values) / n
-            var = sum((v - mean) ** 2 for v in self._values) / (n - 1)
-            std = max(math.sqrt(var), self.rel_floor * abs(mean), 1e-12)
+            scale = max(max(abs(v) for v in self._values), 1e-300)  # no overflow for norms near 1e308
+            mean = sum(v / scale for v in self._values) / n
+            var = sum((v / scale - mean) ** 2 for v in self._values) / (n - 1)
+            mean, std = mean * scale, math.sqrt(var) * scale
+            std = max(std, self.rel_floor * abs(mean), 1e-12)
             score = (norm - mean) / std
         self._values.append(norm)
         return (score is not None and score > self.z), score

@@ -11,6 +11,7 @@ import tensorflow as tf
 from gradclip import _step, _validate
 from gradclip._errors import ConfigError, InputTypeError, NonFiniteError, Offender, StateDictError, nonfinite_message
 from gradclip._policies import Policy, _statecheck
+from gradclip._policies._agc import names_only
 from gradclip._spec import parse_policy
 from gradclip._stats import ClipStats
 from gradclip.tensorflow._ops import TFOps
@@ -65,6 +66,7 @@ def clip(grads: Sequence[Any], policy: Policy | str, *, variables: Sequence[Any]
         ([0.6, 0.8], None, 5.0)
     """
     policy = parse_policy(policy)
+    names_only(policy, "gradclip.tensorflow.clip")
     if policy.init_state(tf.constant(0.0), TFOps):
         raise ConfigError(
             f"{policy.spec()!r} keeps state from step to step, which clip() cannot hold. Use "
@@ -110,6 +112,7 @@ class Clipper(tf.Module):
                  history: int = _step.HISTORY_CAPACITY, name: str | None = None) -> None:
         super().__init__(name=name)
         self.policy = _step.fixed_shape(parse_policy(policy), history)
+        names_only(self.policy, "gradclip.tensorflow.Clipper")  # no modules here to resolve AGC(exclude=(type,))
         self.nonfinite = _validate.choice("nonfinite", nonfinite, _validate.NONFINITE_MODES)
         self.sparse = _sparse_mode(sparse, self.policy)
         self.state: dict[str, tf.Variable] | None = None

@@ -266,7 +266,7 @@ class Clipper:
             values, saveable with ``torch.save`` next to the model and optimizer state).
         """
         state = {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in (self._state or {}).items()}
-        return {"version": _statecheck.FORMAT_VERSION, "policy": self.policy.spec(), "steps": self.steps,
+        return {"version": _statecheck.FORMAT_VERSION, "policy": _identity(self.policy), "steps": self.steps,
                 "state": state}
 
     def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> None:
@@ -308,7 +308,7 @@ class Clipper:
         """
         steps, state, reset = self._checked(state_dict, strict)
         if reset:
-            warnings.warn(f"load_state_dict(strict=False) reset the state arrays {reset} of {self.policy.spec()!r} "
+            warnings.warn(f"load_state_dict(strict=False) reset the state arrays {reset} of {_identity(self.policy)!r} "
                           "to their initial values (they do not fit this policy); the others were kept.", stacklevel=2)
         self.steps = steps
         self._state = state or None
@@ -341,9 +341,19 @@ class Clipper:
         return int(steps), out, reset
 
 
+def _identity(policy: Policy) -> str:
+    """The policy's spec string, or its repr when it has none (AGC excluding by module type)."""
+    from gradclip._errors import ConfigError
+
+    try:
+        return policy.spec()
+    except ConfigError:
+        return repr(policy)
+
+
 def _check_spec(saved: Any, policy: Policy, strict: bool) -> None:
     """The saved spec is this policy's (strict), or one of the same class (not strict)."""
-    if saved == policy.spec():
+    if saved == _identity(policy):
         return
     if not strict and isinstance(saved, str):
         try:
@@ -354,7 +364,7 @@ def _check_spec(saved: Any, policy: Policy, strict: bool) -> None:
         if other is not None and kinds(other) == kinds(policy):
             return
     raise StateDictError(
-        f"This state dict was saved with policy {saved!r}, but this Clipper runs {policy.spec()!r}. Build the "
+        f"This state dict was saved with policy {saved!r}, but this Clipper runs {_identity(policy)!r}. Build the "
         "Clipper with the same policy" + ("." if not strict else ", or pass strict=False to load the state of "
                                           "another spec of the same policy class (changed hyper-parameters).")
     )
