@@ -115,3 +115,18 @@ def tiny_model(seed: int = 0):
 @pytest.fixture
 def model():
     return tiny_model()
+
+
+def tanh_mlp():
+    """A 4-8-2 Tanh MLP, seed 0 (the compile and host-read tests)."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+
+
+def set_scaled_grads(model, step: int, scales, poison: bool = False) -> None:
+    """Deterministic gradients of size ``scales[step % len(scales)]`` (no autograd); NaN in one entry with ``poison``."""
+    g = torch.Generator().manual_seed(step)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=g) * scales[step % len(scales)]
+    if poison:
+        model[0].weight.grad[0, 0] = float("nan")

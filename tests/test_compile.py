@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 
 import gradclip  # noqa: E402
 import gradclip.torch as gct  # noqa: E402
+from conftest import set_scaled_grads, tanh_mlp  # noqa: E402
 
 POLICIES = {
     "norm": lambda: gradclip.GlobalNorm(1.0),
@@ -40,17 +41,11 @@ def _fresh_dynamo():
 
 
 def _model():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    return tanh_mlp()
 
 
 def _grads(model, step, poison=False):
-    """Deterministic gradients of another size each step (no autograd inside the compiled region)."""
-    g = torch.Generator().manual_seed(step)
-    for p in model.parameters():
-        p.grad = torch.randn(p.shape, generator=g) * SCALES[step % len(SCALES)]
-    if poison:
-        model[0].weight.grad[0, 0] = float("nan")
+    set_scaled_grads(model, step, SCALES, poison)
 
 
 def _clip_run(policy, compiled):

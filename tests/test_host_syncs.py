@@ -17,6 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 import gradclip  # noqa: E402
 import gradclip.torch as gct  # noqa: E402
 from gradclip.torch import _fast  # noqa: E402
+from conftest import set_scaled_grads, tanh_mlp  # noqa: E402
 
 #: Ops whose result is a host value computed from device data (a device-to-host sync on a GPU).
 HOST_READS = {"_local_scalar_dense", "is_nonzero", "item", "equal", "nonzero", "nonzero_static", "masked_select",
@@ -61,16 +62,11 @@ def accelerator_path(monkeypatch):
 
 
 def _model():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    return tanh_mlp()
 
 
 def _grads(model, step, poison=False):
-    g = torch.Generator().manual_seed(step)
-    for p in model.parameters():
-        p.grad = torch.randn(p.shape, generator=g) * SCALES[step % len(SCALES)]
-    if poison:
-        model[0].weight.grad[0, 0] = float("nan")
+    set_scaled_grads(model, step, SCALES, poison)
 
 
 def _reads_per_step(step_fn, model, poison_at=None):
