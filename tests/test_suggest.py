@@ -190,3 +190,14 @@ def test_cli_json_output_parses(tmp_path, capsys):
     assert data["candidates"][0]["threshold"] == pytest.approx(np.percentile(norms, 10))
     assert _run(["suggest", str(log)]) == 0
     assert "recommended:" in capsys.readouterr().out
+
+
+def test_replay_takes_the_worst_outcome_over_seeds(monkeypatch):
+    import gradclip.experiments as experiments
+    from gradclip.report._verify import replay
+
+    runs = [{"method": "norm:1.0", "seed": 0, "outcome": "ok", "final_loss": 0.5},
+            {"method": "norm:1.0", "seed": 1, "outcome": "diverged", "final_loss": None}]
+    monkeypatch.setattr(experiments, "compare", lambda *a, **k: {"runs": runs})
+    trial = replay("regression", seeds=(0, 1))(["norm:1.0"])[0]
+    assert trial["outcome"] == "diverged" and trial["final_loss"] is None  # one bad seed fails the candidate

@@ -30,7 +30,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-__all__ = ["EXPLODE_FACTOR", "OUTCOMES", "STALL_FRACTION", "classify", "count_text", "describe"]
+__all__ = ["EXPLODE_FACTOR", "OUTCOMES", "STALL_FRACTION", "classify", "count_text", "describe", "rank", "run_outcome",
+           "worst"]
 
 #: The four outcomes, worst first.
 OUTCOMES = ("diverged", "exploded", "stalled", "ok")
@@ -86,3 +87,33 @@ def count_text(outcomes: Iterable[str]) -> str:
     """
     names = list(outcomes)
     return ", ".join(f"{o} {names.count(o)}" for o in reversed(OUTCOMES) if o in names)
+
+
+def rank(outcome: str) -> int:
+    """0 for ``"ok"`` up to 3 for ``"diverged"``: sort runs best first with it.
+
+    Example:
+        >>> sorted(["diverged", "ok", "stalled"], key=rank)
+        ['ok', 'stalled', 'diverged']
+    """
+    return len(OUTCOMES) - 1 - OUTCOMES.index(outcome)
+
+
+def worst(outcomes: Iterable[str]) -> str:
+    """The worst of several outcomes (the outcome of a method over its seeds).
+
+    Example:
+        >>> worst(["ok", "stalled", "ok"])
+        'stalled'
+    """
+    return max(outcomes, key=rank)
+
+
+def run_outcome(run: dict) -> str:
+    """The outcome of a run's JSON; results written before the field existed fall back on ``diverged``.
+
+    Example:
+        >>> run_outcome({"diverged": True}), run_outcome({"outcome": "stalled", "diverged": False})
+        ('diverged', 'stalled')
+    """
+    return run.get("outcome") or ("diverged" if run.get("diverged") else "ok")

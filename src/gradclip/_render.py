@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from gradclip._outcome import run_outcome
+
 
 def _fmt(x: Any, spec: str = ".4g") -> str:
     if x is None:
@@ -30,7 +32,7 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def _outcome_cell(run: dict[str, Any]) -> str:
-    outcome = run.get("outcome") or ("diverged" if run["diverged"] else "ok")
+    outcome = run_outcome(run)
     if outcome == "diverged" and run.get("first_nonfinite_step") is not None:
         return f"diverged @ step {run['first_nonfinite_step']}"
     return outcome
@@ -58,9 +60,9 @@ def compare_table(result: dict[str, Any]) -> str:
     summary_rows = []
     for method in dict.fromkeys(r["method"] for r in result["runs"]):
         mine = [r for r in result["runs"] if r["method"] == method]
-        ok = [r["final_loss"] for r in mine if (r.get("outcome") or ("diverged" if r["diverged"] else "ok")) == "ok"]
+        ok = [r["final_loss"] for r in mine if run_outcome(r) == "ok"]
         mean = sum(ok) / len(ok) if ok else None
-        row = [method, count_text(r.get("outcome") or ("diverged" if r["diverged"] else "ok") for r in mine),
+        row = [method, count_text(map(run_outcome, mine)),
                f"{_fmt(mean)} ({len(ok)}/{len(mine)} ok)"]
         if acc:
             row.append(_fmt(sum(r["test_accuracy"] or 0.0 for r in mine) / len(mine), ".3f"))

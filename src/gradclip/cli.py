@@ -187,7 +187,9 @@ def run_line(run: dict[str, Any], done: int, total: int) -> str:
 
     ``[3/9] norm:1.0 seed 0: ok, final loss 0.713, 0.5 s``; a diverged run names its step.
     """
-    outcome = run.get("outcome") or ("diverged" if run.get("diverged") else "ok")
+    from gradclip._outcome import run_outcome
+
+    outcome = run_outcome(run)
     parts = [outcome + (f" at step {run['first_nonfinite_step']}" if outcome == "diverged"
                         and run.get("first_nonfinite_step") is not None else "")]
     if run.get("final_loss") is not None:

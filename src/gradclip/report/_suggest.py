@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from gradclip._errors import LogError
-from gradclip._outcome import classify
+from gradclip._outcome import classify, worst
 from gradclip.monitor import RunLog
 from gradclip.report._data import detect_spikes, load_logs, series
 
@@ -132,8 +132,7 @@ def analyse(logs: Iterable[str | Path | RunLog] | str | Path | RunLog) -> dict[s
     clipped = float(np.mean(np.concatenate([s.clipped for s in parts]))) if len(norms) else 0.0
     ends = [log.end for log in runs if log.end and log.end.get("outcome")]
     if ends:
-        outcomes = [e["outcome"] for e in ends]
-        outcome = next(o for o in ("diverged", "exploded", "stalled", "ok") if o in outcomes)
+        outcome = worst(e["outcome"] for e in ends)
     else:
         losses = np.concatenate([s.loss for s in parts])
         losses = losses[np.isfinite(losses)]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gradclip._errors import ConfigError
-from gradclip._outcome import OUTCOMES
+from gradclip._outcome import OUTCOMES, rank, worst
 
 #: ``evaluate(specs) -> one trial dict per spec``: ``{"spec", "outcome", "final_loss"}``.
 Evaluator = Callable[[Sequence[str]], list[dict[str, Any]]]
@@ -28,8 +28,7 @@ ADAPTIVE = ("zclip", "autoclip:p=10")
 def rank_key(trial: dict[str, Any]) -> tuple[int, float]:
     """Sort key: ``ok`` before ``stalled`` before ``exploded`` before ``diverged``, then lower loss."""
     loss = trial.get("final_loss")
-    order = len(OUTCOMES) - 1 - OUTCOMES.index(trial["outcome"])
-    return order, (loss if loss is not None and math.isfinite(loss) else math.inf)
+    return rank(trial["outcome"]), (loss if loss is not None and math.isfinite(loss) else math.inf)
 
 
 def replay(task: str, framework: str = "torch", seeds: Sequence[int] = (0,)) -> Evaluator:
@@ -54,9 +53,9 @@ def replay(task: str, framework: str = "torch", seeds: Sequence[int] = (0,)) -> 
         out = []
         for spec in specs:
             mine = [r for r in runs if r["method"] == spec]
-            worst = min((r["outcome"] for r in mine), key=lambda o: len(OUTCOMES) - 1 - OUTCOMES.index(o))
-            loss = sum(r["final_loss"] for r in mine) / len(mine) if worst == "ok" else None
-            out.append({"spec": spec, "outcome": worst, "final_loss": loss})
+            outcome = worst(r["outcome"] for r in mine)
+            loss = sum(r["final_loss"] for r in mine) / len(mine) if outcome == "ok" else None
+            out.append({"spec": spec, "outcome": outcome, "final_loss": loss})
         return out
 
     return evaluate
