@@ -104,6 +104,10 @@ class Policy:
         """Order of the norms the adapter measures for this policy (2 unless it has ``norm_type``)."""
         return float(getattr(self, "norm_type", 2.0))
 
+    def members(self) -> tuple[Policy, ...]:
+        """The policies that decide, in order: ``(self,)``, or a chain's members."""
+        return (self,)
+
     def init_state(self, like: Any, ops: Any) -> dict[str, Any]:
         """Return the initial state: a flat dict of arrays. Fixed policies have none.
 

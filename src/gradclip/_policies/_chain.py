@@ -67,6 +67,9 @@ class Chain(Policy):
     def axis(self) -> Any:
         return next((p.axis for p in self.policies if p.needs_unit_norms), None)
 
+    def members(self) -> tuple[Policy, ...]:
+        return self.policies
+
     def excluded(self, name: str, module_names: frozenset[str] = frozenset()) -> bool:
         return next(p for p in self.policies if p.needs_unit_norms).excluded(name, module_names)
 

@@ -170,8 +170,8 @@ def _with(policy: Any, keys: set[str]) -> set[str]:
 
 
 def _members(policy: Any) -> list[tuple[str, Any]]:
-    members = getattr(policy, "policies", None)
-    return [(f"{i}.", p) for i, p in enumerate(members)] if members else [("", policy)]
+    members = policy.members()
+    return [(f"{i}.", p) for i, p in enumerate(members)] if len(members) > 1 else [("", policy)]
 
 
 def _rules(policy: Any) -> dict[str, list[str]]:

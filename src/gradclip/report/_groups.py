@@ -80,9 +80,7 @@ def is_global_norm_policy(policy: Any) -> bool:
         >>> is_global_norm_policy(gradclip.parse_policy("norm:1.0")), is_global_norm_policy(gradclip.parse_policy("value:1.0"))
         (True, False)
     """
-    members = getattr(policy, "policies", None)
-    if members:
-        return is_global_norm_policy(members[-1])
+    policy = policy.members()[-1]
     if getattr(policy, "spec_name", "") in ("value", "none"):
         return False
     return not (policy.needs_tensor_norms or policy.needs_unit_norms)

@@ -267,8 +267,7 @@ def _names(grads: Sequence[Any], variables: Sequence[Any] | None) -> list[str]:
 def _sparse_mode(sparse: str | None, policy: Policy) -> str:
     if sparse is not None:
         return _validate.choice("sparse", sparse, SPARSE_MODES)
-    members = getattr(policy, "policies", (policy,))
-    tf_like = any(getattr(p, "semantics", None) in ("tf", "keras") for p in members)
+    tf_like = any(getattr(p, "semantics", None) in ("tf", "keras") for p in policy.members())
     return "values" if tf_like else "combine"
 
 

@@ -360,7 +360,7 @@ def _check_spec(saved: Any, policy: Policy, strict: bool) -> None:
             other = parse_policy(saved)
         except ValueError:
             other = None
-        kinds = lambda p: [type(m) for m in (getattr(p, "policies", None) or (p,))]  # noqa: E731
+        kinds = lambda p: [type(m) for m in p.members()]  # noqa: E731
         if other is not None and kinds(other) == kinds(policy):
             return
     raise StateDictError(
@@ -383,8 +383,7 @@ def _to_numpy(key: str, value: Any) -> Any:
 
 def _check_complex(policy: Policy, names: list[str], grads: list[torch.Tensor]) -> None:
     """Refuse complex gradients for the policies that need real numbers (clamping, unit-wise ratios)."""
-    members = getattr(policy, "policies", None) or (policy,)
-    real_only = [m for m in members if getattr(m, "spec_name", "") == "value" or m.needs_unit_norms]
+    real_only = [m for m in policy.members() if getattr(m, "spec_name", "") == "value" or m.needs_unit_norms]
     bad = next((n for n, g in zip(names, grads) if g.is_complex()), None)
     if real_only and bad is not None:
         raise InputTypeError(f"{type(real_only[0]).__name__} needs real gradients (it clamps or compares real values), "
