@@ -384,8 +384,10 @@ def _to_numpy(key: str, value: Any) -> Any:
 def _check_complex(policy: Policy, names: list[str], grads: list[torch.Tensor]) -> None:
     """Refuse complex gradients for the policies that need real numbers (clamping, unit-wise ratios)."""
     real_only = [m for m in policy.members() if getattr(m, "spec_name", "") == "value" or m.needs_unit_norms]
+    if not real_only or not any(d.is_complex for d in {g.dtype for g in grads}):
+        return
     bad = next((n for n, g in zip(names, grads) if g.is_complex()), None)
-    if real_only and bad is not None:
+    if bad is not None:
         raise InputTypeError(f"{type(real_only[0]).__name__} needs real gradients (it clamps or compares real values), "
                              f"and the gradient of {bad!r} is complex. Received a complex gradient; use a norm policy "
                              "(GlobalNorm, PerTensorNorm, AutoClip, ZClip...), which measures the moduli.")

@@ -108,6 +108,8 @@ def check_grads(names: list[str], grads: list[torch.Tensor]) -> None:
     Raises:
         InputTypeError: a gradient of an integer or bool dtype; nothing was changed.
     """
+    if all(d.is_floating_point or d.is_complex for d in {g.dtype for g in grads}):  # one look per dtype
+        return
     for name, g in zip(names, grads):
         if not (g.is_floating_point() or g.is_complex()):
             raise InputTypeError(f"The gradient of {name!r} has dtype {g.dtype}: gradients must be floating point (or "
@@ -123,6 +125,8 @@ def unique(named: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tenso
         >>> [n for n, _ in unique([("a", w), ("b", torch.zeros(1)), ("a_again", w)])]
         ['a', 'b']
     """
+    if len({id(t) for _, t in named}) == len(named):  # the usual case: nothing to drop
+        return named
     seen: set[int] = set()
     out = []
     for name, t in named:
