@@ -94,7 +94,7 @@ def _nonspike_max(norms: np.ndarray) -> tuple[float, int]:
     return float(norms[~flags].max()), int(flags.sum())
 
 
-def _used_threshold(logs: list[RunLog]) -> float | None:
+def _used_threshold(logs: list[RunLog], parts: list[Any]) -> float | None:
     """The global-norm cap a clipped run used (from its policy spec, else its logged thresholds)."""
     import gradclip
 
@@ -107,7 +107,7 @@ def _used_threshold(logs: list[RunLog]) -> float | None:
                 continue
             if isinstance(policy, gradclip.GlobalNorm):
                 return float(policy.max_norm)
-    values = np.concatenate([series(log).threshold for log in logs])
+    values = np.concatenate([s.threshold for s in parts])  # the series analyse() already read
     values = values[np.isfinite(values) & (values > 0)]
     return float(np.median(values)) if values.size else None
 
@@ -145,7 +145,7 @@ def analyse(logs: Iterable[str | Path | RunLog] | str | Path | RunLog) -> dict[s
     return {"logs": [str(s.path) for s in parts], "kind": [k for k in kind if k], "outcome": outcome,
             "steps": int(finite.size), "nonfinite_steps": nonfinite, "clipped_fraction": clipped,
             "framework": meta.get("framework"), "task": task, "norms": finite,
-            "used_threshold": _used_threshold(runs) if clipped > 0 else None}
+            "used_threshold": _used_threshold(runs, parts) if clipped > 0 else None}
 
 
 def candidates(info: dict[str, Any]) -> list[dict[str, Any]]:
