@@ -316,3 +316,15 @@ def test_an_integer_too_long_to_read_is_one_line_error(tmp_path, capsys):
     assert main(["suggest", str(log)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{log}:2:" in err
+
+
+def test_a_step_too_large_for_a_figure_falls_back_to_the_position(tmp_path):
+    log = tmp_path / "huge.jsonl"
+    recs = [{"step": -1.7976931348623155e308 if i == 2 else i, "norm": 1.0 + i, "loss": 1.0} for i in range(6)]
+    log.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    from gradclip.report import build_report, summarize
+    from gradclip.report._data import series
+    from gradclip.monitor import read_jsonl
+
+    assert series(read_jsonl(log)).step.tolist() == [0, 1, 2, 3, 4, 5]
+    assert build_report([log], tmp_path / "r.html").is_file() and summarize([log])[0]["logged_steps"] == 6

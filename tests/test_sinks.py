@@ -446,9 +446,12 @@ def test_two_processes_appending_to_one_jsonl_lose_and_mix_no_line(tmp_path):
     children = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), label, "2000"], env=env)
                 for label in ("a", "bbb")]
     assert [c.wait(timeout=300) for c in children] == [0, 0]
-    lines = path.read_bytes().split(b"\n")
-    assert lines[-1] == b"" and len(lines) - 1 == 2 * (2000 + 2)  # steps, start and end events
-    records = [json.loads(line) for line in lines[:-1]]  # every line parses
+    text = path.read_bytes()
+    # A writer that opens while the other's line is in flight may see no newline at the end and start
+    # on a fresh line: at most a blank line, which the reader skips. No record is lost or mixed.
+    lines = [line for line in text.split(b"\n") if line]
+    assert text.endswith(b"\n") and len(lines) == 2 * (2000 + 2)  # steps, start and end events
+    records = [json.loads(line) for line in lines]  # every line parses
     for label in ("a", "bbb"):
         mine = [r for r in records if r["run"] == label * 3000]
         assert [r["event"] for r in mine if "event" in r] == ["start", "end"]

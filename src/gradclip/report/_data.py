@@ -73,10 +73,19 @@ def _warn_bad_types(log: RunLog) -> None:
                       f"(first: record {first + 1} of the run); {how}.", stacklevel=3)
 
 
+#: Largest step number taken as written (a float counts integers exactly up to 2**53).
+MAX_STEP = 2.0**53
+
+
 def _steps(records: Sequence[dict[str, Any]]) -> np.ndarray:
-    """The step of each record: its ``step`` when a finite number, else its position in the run."""
+    """The step of each record: its ``step`` when a usable number, else its position in the run.
+
+    Usable: finite and within ``MAX_STEP`` (2**53, the steps a float counts exactly); a step of
+    -1.8e308 would otherwise stretch the x-axis past what a figure can be drawn at.
+    """
     out = np.array([_float(r.get("step")) for r in records], dtype=np.float64)
-    bad = ~np.isfinite(out)
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(out) <= MAX_STEP)
     out[bad] = np.flatnonzero(bad)
     return out
 
