@@ -73,15 +73,15 @@ def _warn_bad_types(log: RunLog) -> None:
                       f"(first: record {first + 1} of the run); {how}.", stacklevel=3)
 
 
-#: Largest step number taken as written (a float counts integers exactly up to 2**53).
-MAX_STEP = 2.0**53
+#: Largest step magnitude taken as written: the span of two such steps is still a finite float.
+MAX_STEP = 1e300
 
 
 def _steps(records: Sequence[dict[str, Any]]) -> np.ndarray:
     """The step of each record: its ``step`` when a usable number, else its position in the run.
 
-    Usable: finite and within ``MAX_STEP`` (2**53, the steps a float counts exactly); a step of
-    -1.8e308 would otherwise stretch the x-axis past what a figure can be drawn at.
+    Usable: finite and within ``MAX_STEP`` (1e300), so that the span between any two steps stays a
+    finite float (a step of -1.8e308 overflowed the figure's x-axis).
     """
     out = np.array([_float(r.get("step")) for r in records], dtype=np.float64)
     with np.errstate(invalid="ignore"):
