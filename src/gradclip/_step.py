@@ -115,7 +115,7 @@ def run(policy: Policy, grads: list[Any], state: dict[str, Any], ops: Any, *, na
     bad = ~m.finite
     zero = nonfinite == "zero"
     kept = [ops.select(bad, ops.zeros_like(g) if zero else g, o) for g, o in zip(grads, out)]
-    zero_norm = m.norm * 0.0
+    zero_norm = ops.full_like(m.norm, 0.0)
     outcome = dataclasses.replace(
         outcome,
         clipped_norm=ops.where(bad, zero_norm if zero else m.norm, outcome.clipped_norm),
@@ -132,7 +132,7 @@ def _same_shape(a: Any, b: Any) -> bool:
 
 def _apply(d: Decision, grads: list[Any], m: Measurement, p: float, ops: Any) -> tuple[list[Any], Outcome]:
     norm = m.norm
-    false = ops.isfinite(norm) & False
+    false = ops.false_like(norm)
     if d.skip is not None:
         d = fold_skip(d, norm, ops)
     coef, clipped, clipped_norm, out = None, false, norm, list(grads)
@@ -195,7 +195,7 @@ def _scale_units(grads: list[Any], coefs: list[Any], m: Measurement, ops: Any) -
         scaled = m.unit_norms[i] * c
         squares.append(ops.sum(scaled * scaled))
         hits.append(ops.any(c < 1))
-    clipped = ops.any(ops.stack(hits)) if hits else ops.isfinite(m.norm) & False
+    clipped = ops.any(ops.stack(hits)) if hits else ops.false_like(m.norm)
     return out, clipped, ops.sqrt(ops.sum(ops.stack(squares)))
 
 

@@ -84,19 +84,22 @@ class AdaGC(Policy):
         object.__setattr__(self, "warmup_max_norm", _validate.threshold("warmup_max_norm", self.warmup_max_norm))
         object.__setattr__(self, "eps", _validate.threshold("eps", self.eps, allow_inf=False))
 
-    def init_state(self, like: Any, ops: Any) -> dict[str, Any]:
-        return {"step": ops.scalar(0.0, like)}
+    def init_state(self, like: Any, ops: Any, names: tuple[str, ...] = ()) -> dict[str, Any]:
+        """``step``, and ``gamma.<name>`` per tensor: +inf until the tensor is first seen."""
+        state = {"step": ops.scalar(0.0, like)}
+        state.update({f"gamma.{name}": ops.scalar(_INF, like) for name in names})
+        return state
 
     def decide(self, m: Measurement, state: dict[str, Any], ops: Any) -> tuple[Decision, dict[str, Any]]:
         n = m.tensor_norms
         step = state["step"]
-        unseen = n * 0.0 + _INF
+        unseen = ops.full_like(n, _INF)
         gamma = ops.stack([state.get(f"gamma.{name}", unseen[i]) for i, name in enumerate(m.names)])
         warm = step < self.warmup_steps
         global_coef = ops.clamp(self.warmup_max_norm / (m.norm + self.eps), hi=1.0)
         new_gamma_seen = ops.where(gamma == _INF, n, gamma)  # first sight after warm-up: its own norm
         tensor_coef = ops.clamp(self.lambda_rel * new_gamma_seen / (n + self.eps), hi=1.0)
-        coefs = ops.where(warm, n * 0.0 + global_coef, tensor_coef)
+        coefs = ops.where(warm, ops.propagate_nan(global_coef, n), tensor_coef)
         clipped = n * coefs
         updated = ops.where(
             warm, ops.minimum(gamma, clipped), self.beta * new_gamma_seen + (1.0 - self.beta) * clipped
@@ -106,5 +109,6 @@ class AdaGC(Policy):
         new_state["step"] = ops.where(keep, step + 1.0, step)
         for i, name in enumerate(m.names):
             new_state[f"gamma.{name}"] = ops.where(keep, updated[i], gamma[i])
-        threshold = ops.where(warm, n * 0.0 + self.warmup_max_norm, self.lambda_rel * new_gamma_seen)
+        warm_threshold = ops.propagate_nan(ops.full_like(n, self.warmup_max_norm), n)
+        threshold = ops.where(warm, warm_threshold, self.lambda_rel * new_gamma_seen)
         return Decision(threshold=threshold, coefs=coefs), new_state

@@ -142,7 +142,8 @@ class AGC(Policy):
                 continue
             limit = self.clip_factor * ops.maximum(w_norm, self.eps)
             trigger = g_norm > limit
-            coefs.append(ops.where(trigger, limit / ops.maximum(g_norm, GRAD_FLOOR), g_norm * 0.0 + 1.0))
+            one = ops.propagate_nan(ops.full_like(g_norm, 1.0), g_norm)
+            coefs.append(ops.where(trigger, limit / ops.maximum(g_norm, GRAD_FLOOR), one))
         return Decision(threshold=self.clip_factor, unit_coefs=coefs), state
 
 

@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from gradclip._ops import PolicyOps
+
 _REGISTRY: dict[str, type[Policy]] = {}
 
 
@@ -84,6 +86,8 @@ class Policy:
         state_rules: What a loaded state's values must satisfy, by key (``{"mu": "finite"}``);
             checked with the keys, shapes and dtypes before anything is loaded. The rules are
             listed in :mod:`gradclip._policies._statecheck`.
+        can_skip: Whether :meth:`decide` may return a ``skip`` flag (then an adapter keeps the
+            optimizer's state to restore on a skipped step). A property where a field decides it.
     """
 
     spec_name: ClassVar[str] = ""
@@ -92,6 +96,7 @@ class Policy:
     needs_tensor_norms: ClassVar[bool] = False
     needs_unit_norms: ClassVar[bool] = False
     state_rules: ClassVar[dict[str, str]] = {}
+    can_skip: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -108,17 +113,24 @@ class Policy:
         """The policies that decide, in order: ``(self,)``, or a chain's members."""
         return (self,)
 
-    def init_state(self, like: Any, ops: Any) -> dict[str, Any]:
-        """Return the initial state: a flat dict of arrays. Fixed policies have none.
+    def init_state(self, like: Any, ops: PolicyOps, names: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Return the initial state: a flat dict of arrays with their final shapes.
+
+        Like optax's ``init(params)``, the state is complete before the first step, so a jitted
+        step, a ``tf.Variable`` or a Keras variable can hold it: nothing is learned by running
+        the policy. Fixed policies have none.
 
         Args:
             like: A 0-d array of the measured norm: state arrays take its framework, device and
                 dtype (``ops.filled((n,), value, like)``), so deciding never leaves the device.
-            ops: The backend's operations (:mod:`gradclip._ops`).
+            ops: The backend's operations (:class:`gradclip._ops.PolicyOps`).
+            names: The gradient tensors' names, in the order of ``Measurement.tensor_norms``
+                (their count sizes per-tensor state). Empty: not known yet; a policy with
+                per-tensor state then makes it at the first step (the torch adapter allows that).
         """
         return {}
 
-    def decide(self, m: Measurement, state: dict[str, Any], ops: Any) -> tuple[Decision, dict[str, Any]]:
+    def decide(self, m: Measurement, state: dict[str, Any], ops: PolicyOps) -> tuple[Decision, dict[str, Any]]:
         """Turn a measurement and the state into a decision and the next state."""
         raise NotImplementedError
 

@@ -80,17 +80,21 @@ class Chain(Policy):
     def spec(self) -> str:
         return "+".join(p.spec() for p in self.policies)
 
-    def init_state(self, like: Any, ops: Any) -> dict[str, Any]:
-        return {f"{i}.{k}": v for i, p in enumerate(self.policies) for k, v in p.init_state(like, ops).items()}
+    @property
+    def can_skip(self) -> bool:  # type: ignore[override]
+        return any(p.can_skip for p in self.policies)
+
+    def init_state(self, like: Any, ops: Any, names: tuple[str, ...] = ()) -> dict[str, Any]:
+        return {f"{i}.{k}": v for i, p in enumerate(self.policies) for k, v in p.init_state(like, ops, names).items()}
 
     def decide(self, m: Measurement, state: dict[str, Any], ops: Any) -> tuple[Decision, dict[str, Any]]:
         p_norm = self.measure_norm_type
         tn = m.tensor_norms  # per-tensor norms after the members so far
         units = m.unit_norms
-        coefs = tn * 0.0 + 1.0
+        coefs = ops.propagate_nan(ops.full_like(tn, 1.0), tn)
         unit_coefs = None if units is None else [None] * len(units)
         skip, threshold, new_state = None, None, {}
-        scalar, per_tensor = m.norm * 0.0 + 1.0, False  # the product while every factor is global
+        scalar, per_tensor = ops.propagate_nan(ops.full_like(m.norm, 1.0), m.norm), False  # the product while every factor is global
         for i, policy in enumerate(self.policies):
             mine = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(f"{i}.")}
             # A step an earlier member skipped reaches this member as a non-finite one: every
@@ -129,7 +133,7 @@ class Chain(Policy):
         acc = [a if n is None else (n if a is None else a * n) for a, n in zip(acc, new)]
         units = [u if n is None else u * n for u, n in zip(units, new)]
         parts = [tn[j] if n is None else ops.sqrt(ops.sum(units[j] ** 2)) for j, n in enumerate(new)]
-        tn = tn * 0.0 + ops.stack(parts)
+        tn = ops.propagate_nan(ops.stack(parts), tn)
         return acc, units, tn
 
 

@@ -37,9 +37,9 @@ def norm_coef(norm: Any, max_norm: float, semantics: str, ops: Any) -> Any:
         return ops.clamp(max_norm / (norm + TORCH_EPS), hi=1.0)
     if semantics in ("tf", "keras"):
         if max_norm == 0 or math.isinf(max_norm):  # TF's formula: 1/0 raises, inf * 0 is NaN
-            return ops.where(norm <= max_norm, norm * 0.0 + 1.0, norm * 0.0) + (norm - norm)
-        return max_norm * ops.minimum(1.0 / norm, 1.0 / max_norm) + (norm - norm)
-    return ops.where(norm < max_norm, norm * 0.0 + 1.0, max_norm / norm)
+            return ops.propagate_nan(ops.where(norm <= max_norm, ops.full_like(norm, 1.0), ops.full_like(norm, 0.0)), norm)
+        return ops.propagate_nan(max_norm * ops.minimum(1.0 / norm, 1.0 / max_norm), norm)
+    return ops.where(norm < max_norm, ops.full_like(norm, 1.0), max_norm / norm)
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ class PerTensorNorm(Policy):
     def decide(self, m: Measurement, state: dict[str, Any], ops: Any) -> tuple[Decision, dict[str, Any]]:
         n = m.tensor_norms
         if self.semantics in ("tf", "keras") and 0 < self.max_norm < math.inf:
-            coefs = self.max_norm / ops.maximum(n, self.max_norm) + (n - n)
+            coefs = ops.propagate_nan(self.max_norm / ops.maximum(n, self.max_norm), n)
         else:
             coefs = norm_coef(n, self.max_norm, self.semantics, ops)
         return Decision(threshold=self.max_norm, coefs=coefs), state

@@ -46,7 +46,8 @@ def history_coef(norm: Any, threshold: Any, semantics: str, ops: Any) -> Any:
     if semantics == "torch":
         return ops.clamp(threshold / (norm + TORCH_EPS), hi=1.0)
     over = norm > threshold  # implies norm > 0, so the division below is safe where it is used
-    return ops.where(over, threshold / ops.where(over, norm, norm * 0.0 + 1.0), norm * 0.0 + 1.0) + (norm - norm)
+    one = ops.full_like(norm, 1.0)
+    return ops.propagate_nan(ops.where(over, threshold / ops.where(over, norm, one), one), norm)
 
 
 def capped(threshold: Any, max_norm: float | None, ops: Any) -> Any:
@@ -209,8 +210,8 @@ class AutoClip(Policy):
     def needs_tensor_norms(self) -> bool:  # type: ignore[override]
         return self.scope == "tensor"
 
-    def init_state(self, like: Any, ops: Any) -> dict[str, Any]:
-        rows = 1 if self.scope == "global" else 0  # per-tensor rows are made at the first step
+    def init_state(self, like: Any, ops: Any, names: tuple[str, ...] = ()) -> dict[str, Any]:
+        rows = 1 if self.scope == "global" else len(names)  # no names: per-tensor rows come at the first step
         state = {"sorted": ops.filled((rows, self.window or 0), INF, like), "count": ops.index_scalar(0, like)}
         if self.window is not None:
             state["ring"] = ops.filled((rows, self.window), INF, like)
@@ -241,7 +242,7 @@ class AutoClip(Policy):
         if self.scope == "global":
             threshold = ops.reshape(threshold, ())
             return Decision(threshold=threshold, coef=history_coef(m.norm, threshold, self.semantics, ops)), new
-        coefs = history_coef(m.tensor_norms, threshold, self.semantics, ops) + (m.norm - m.norm)
+        coefs = ops.propagate_nan(history_coef(m.tensor_norms, threshold, self.semantics, ops), m.norm)
         return Decision(threshold=threshold, coefs=coefs), new  # one threshold per tensor (1-D)
 
     def _rows_for(self, x: Any, state: dict[str, Any], ops: Any) -> dict[str, Any]:
@@ -334,7 +335,7 @@ class MaxNormHistory(Policy):
         _validate.choice("semantics", self.semantics, COEF_SEMANTICS)
         object.__setattr__(self, "max_norm", _max_norm(self.max_norm))
 
-    def init_state(self, like: Any, ops: Any) -> dict[str, Any]:
+    def init_state(self, like: Any, ops: Any, names: tuple[str, ...] = ()) -> dict[str, Any]:
         return {"ring": ops.filled((self.window,), 0.0, like), "count": ops.scalar(0.0, like), "head": ops.scalar(0.0, like)}
 
     def decide(self, m: Measurement, state: dict[str, Any], ops: Any) -> tuple[Decision, dict[str, Any]]:

@@ -107,7 +107,11 @@ class SpikeGuard(Policy):
         if self.max_norm is not None:
             object.__setattr__(self, "max_norm", _validate.threshold("max_norm", self.max_norm))
 
-    def init_state(self, like: Any, ops: Any) -> dict[str, Any]:
+    @property
+    def can_skip(self) -> bool:  # type: ignore[override]
+        return self.on_spike == "skip"
+
+    def init_state(self, like: Any, ops: Any, names: tuple[str, ...] = ()) -> dict[str, Any]:
         return {"norms": ops.filled((self.window,), 0.0, like), "count": ops.scalar(0.0, like), "pos": ops.scalar(0.0, like)}
 
     def decide(self, m: Measurement, state: dict[str, Any], ops: Any) -> tuple[Decision, dict[str, Any]]:

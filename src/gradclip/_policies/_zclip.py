@@ -156,7 +156,11 @@ class ZClip(Policy):
         object.__setattr__(self, "warmup_steps", int(w))
         object.__setattr__(self, "eps", eps)
 
-    def init_state(self, like: Any, ops: Any) -> dict[str, Any]:
+    @property
+    def can_skip(self) -> bool:  # type: ignore[override]
+        return self.skip_on_spike
+
+    def init_state(self, like: Any, ops: Any, names: tuple[str, ...] = ()) -> dict[str, Any]:
         """Warm-up buffer ``warm`` (``warmup_steps``,), its fill count ``count``, ``mu``, ``var``."""
         return {
             "warm": ops.filled((self.warmup_steps,), 0.0, like),
@@ -180,7 +184,7 @@ class ZClip(Policy):
         elif self.mode == "max":
             target = mu + zt * sigma
         else:
-            target = mu + 0.0 * sigma
+            target = mu
         gstar = ops.where(spike, target, ops.where(ok, g, mu))  # no inf - inf on non-finite steps
         mu1 = self.alpha * mu + (1.0 - self.alpha) * gstar
         var1 = self.alpha * var + (1.0 - self.alpha) * (gstar - mu1) ** 2

@@ -66,6 +66,19 @@ class KerasOps:
             return K.sum(x)
         return K.power(K.sum(K.power(x, p)), 1.0 / p)
 
+    # -- named idioms (see gradclip._ops) --
+    @staticmethod
+    def full_like(x: Any, value: float) -> Any:
+        return K.full_like(x, value, dtype=_dtype(x))
+
+    @staticmethod
+    def false_like(x: Any) -> Any:
+        return K.convert_to_tensor(False)
+
+    @staticmethod
+    def propagate_nan(y: Any, x: Any) -> Any:
+        return y + (x - x)
+
     @staticmethod
     def arange(n: int, like: Any) -> Any:
         return K.arange(n, dtype=_dtype(like))

@@ -56,6 +56,19 @@ class TFOps:
             return tf.reduce_sum(x)
         return tf.pow(tf.reduce_sum(tf.pow(x, p)), 1.0 / p)
 
+    # -- named idioms (see gradclip._ops) --
+    @staticmethod
+    def full_like(x: Any, value: float) -> Any:
+        return tf.fill(tf.shape(x), tf.constant(value, x.dtype))
+
+    @staticmethod
+    def false_like(x: Any) -> Any:
+        return tf.constant(False)
+
+    @staticmethod
+    def propagate_nan(y: Any, x: Any) -> Any:
+        return y + (x - x)
+
     @staticmethod
     def arange(n: int, like: Any) -> Any:
         return tf.range(n, dtype=like.dtype)

@@ -8,7 +8,7 @@ import torch
 
 
 class TorchOps:
-    """The :mod:`gradclip._ops` interface for torch tensors (0-d or 1-D, on any device)."""
+    """The :class:`gradclip._ops.PolicyOps` of torch tensors (0-d or 1-D, on any device)."""
 
     @staticmethod
     def clamp(x: Any, lo: float | None = None, hi: float | None = None) -> torch.Tensor:
@@ -33,6 +33,19 @@ class TorchOps:
     @staticmethod
     def vector_norm(x: Any, p: float) -> torch.Tensor:
         return torch.linalg.vector_norm(x, p)
+
+    # -- named idioms (see gradclip._ops) --
+    @staticmethod
+    def full_like(x: torch.Tensor, value: float) -> torch.Tensor:
+        return torch.full_like(x, value)
+
+    @staticmethod
+    def false_like(x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros((), dtype=torch.bool, device=x.device)
+
+    @staticmethod
+    def propagate_nan(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return y + (x - x)
 
     # -- state helpers: arrays created like the measured norm (same device and dtype) --
     @staticmethod
