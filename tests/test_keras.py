@@ -335,7 +335,7 @@ def test_gradient_monitor_appends_to_an_existing_log_with_a_start_record(tmp_pat
     assert runs[0].meta["framework"] == "keras"  # so `gradclip suggest` prints a Keras snippet
     from gradclip.report import suggest
 
-    assert suggest(log)["recommended"]["python"].startswith("gradclip.keras.wrap(")
+    assert suggest(log)["recommended"]["python"].startswith("gradclip.keras.clipped(")
 
 
 def test_gradient_monitor_needs_a_wrapped_optimizer():
@@ -395,3 +395,18 @@ def test_a_wrapped_optimizer_used_before_it_is_built_says_so():
     opt = gck.wrap(keras.optimizers.SGD(0.1), "zclip")
     with pytest.raises(gradclip.ConfigError, match="before it was built"):
         opt._clip_gradients([np.ones(3, dtype="float32")])
+
+
+def test_blockrms_matches_reference():
+    # BlockRMS (optax.clip_by_block_rms) with the Keras ops of the generic step: within float32 rounding
+    from gradclip import _step
+    from gradclip.keras._ops import KerasOps
+
+    grads = [np.array([3.0, 4.0, 0.0, 12.0], np.float32), np.zeros((2, 3), np.float32),
+             np.array([np.nan, 1.0], np.float32), np.array([np.inf, 1.0, 0.0], np.float32)]
+    out, outcome, _ = _step.run(gradclip.BlockRMS(0.5), [keras.ops.convert_to_tensor(g) for g in grads], {},
+                                KerasOps, names=("a", "b", "c", "d"))
+    with np.errstate(invalid="ignore"):
+        expected = ref.block_rms(grads, 0.5)[0]
+    for o, e in zip(out, expected):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(o), e, rtol=3e-7, atol=1e-37)

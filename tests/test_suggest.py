@@ -94,7 +94,7 @@ def test_clipped_run_is_not_read_as_unclipped_norms():
 
 
 @pytest.mark.parametrize(("framework", "needle"), [
-    ("keras", "gradclip.keras.wrap(optimizer, gradclip.GlobalNorm("),
+    ("keras", "gradclip.keras.clipped(optimizer, gradclip.GlobalNorm("),
     ("tensorflow", "gradclip.tensorflow.Clipper(gradclip.GlobalNorm("),
     ("torch", "gradclip.torch.Clipper(gradclip.GlobalNorm("),
 ])

@@ -8,40 +8,32 @@ return an :class:`Outcome` of arrays. Everything is array arithmetic with the ba
 
 A backend's ``ops`` is the policy interface of :mod:`gradclip._ops` plus the tensor-level
 methods ``tensor_norm``, ``unit_norm``, ``mul``, ``clip``, ``zeros_like``, ``select``, ``any``
-and ``acc_dtype`` (see :class:`gradclip._ops.NumpyOps`).
+and ``acc_dtype`` (see :class:`gradclip._ops.NumpyOps`). Applying the decision is
+:func:`gradclip._apply.apply`, shared with the torch adapter.
+
+The state and the statistics are declared, not learned by running the policy:
+:func:`initial_state` gives the state with its final shapes (``Policy.init_state``) and an
+:class:`Outcome` of zeros shaped like every step's (from :func:`gradclip._apply.decision_form`),
+from which an adapter makes its variables before the first step.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import math
 from typing import Any
 
+from gradclip._apply import Outcome, apply, decision_form, reports_coef
 from gradclip._errors import ConfigError
-from gradclip._policies import Decision, Measurement, Policy
-from gradclip._policies._agc import unit_axes
+from gradclip._policies import Measurement, Policy
 from gradclip._policies._chain import Chain
 from gradclip._policies._history import AutoClip
 
-__all__ = ["Outcome", "fixed_shape", "fold_skip", "initial_state", "may_skip", "run"]
+__all__ = ["HISTORY_CAPACITY", "Outcome", "check_outcome", "check_state", "fixed_shape", "initial_state", "run"]
 
 #: Norms an unbounded AutoClip history keeps in the functional adapters (a state array there
 #: needs a fixed shape): the last 10,000 steps.
 HISTORY_CAPACITY = 10_000
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one step measured and did, as arrays of the backend (``None`` where not defined)."""
-
-    norm: Any
-    clipped_norm: Any
-    coef: Any
-    clipped: Any
-    nonfinite: Any
-    skipped: Any
-    threshold: Any
-    tensor_norms: Any
 
 
 def fixed_shape(policy: Policy, capacity: int = HISTORY_CAPACITY) -> Policy:
@@ -82,17 +74,26 @@ def measure(policy: Policy, grads: list[Any], ops: Any, *, names: tuple[str, ...
                 "needs them. Pass variables=... (the variables in the order of the gradients)."
             )
         gu, pu = [], []
+        unit = next(q for q in policy.members() if q.needs_unit_norms)  # the AGC (of a chain)
         for name, g, w in zip(names, grads, params):
             if policy.excluded(name):
                 gu.append(None)
                 pu.append(None)
                 continue
-            axes = unit_axes(len(g.shape), layout, policy.axis)
+            axes = unit.axes_for(tuple(g.shape), layout)
             gu.append(ops.unit_norm(g, axes, acc))
             pu.append(ops.unit_norm(w, axes, acc))
         units = (gu, pu)
     return Measurement(norm=norm, tensor_norms=tensor_norms, finite=ops.isfinite(norm), names=tuple(names),
-                       unit_norms=units[0], param_unit_norms=units[1])
+                       unit_norms=units[0], param_unit_norms=units[1], sizes=_sizes(grads))
+
+
+def _sizes(grads: list[Any]) -> tuple[int, ...] | None:
+    """Element count of each gradient (static shapes), or ``None`` when a dimension is unknown."""
+    try:
+        return tuple(math.prod(int(d) for d in g.shape) for g in grads)
+    except TypeError:  # a dimension of None (an unknown TF shape)
+        return None
 
 
 def run(policy: Policy, grads: list[Any], state: dict[str, Any], ops: Any, *, names: tuple[str, ...],
@@ -109,7 +110,7 @@ def run(policy: Policy, grads: list[Any], state: dict[str, Any], ops: Any, *, na
     decision, new_state = policy.decide(m, state, ops)
     new_state = {k: ops.where(m.finite, v, state[k]) if _same_shape(v, state.get(k)) else v
                  for k, v in new_state.items()}
-    out, outcome = _apply(decision, grads, m, policy.measure_norm_type, ops)
+    out, outcome = apply(decision, grads, m, ops, norm_type=policy.measure_norm_type)
     if nonfinite == "propagate":
         return out, outcome, new_state
     bad = ~m.finite
@@ -130,118 +131,118 @@ def _same_shape(a: Any, b: Any) -> bool:
     return b is not None and tuple(getattr(a, "shape", ())) == tuple(getattr(b, "shape", ()))
 
 
-def _apply(d: Decision, grads: list[Any], m: Measurement, p: float, ops: Any) -> tuple[list[Any], Outcome]:
-    norm = m.norm
-    false = ops.false_like(norm)
-    if d.skip is not None:
-        d = fold_skip(d, norm, ops)
-    coef, clipped, clipped_norm, out = None, false, norm, list(grads)
-    if d.coef is not None:
-        coef = d.coef
-        out = [ops.mul(g, coef) for g in grads]
-        clipped, clipped_norm = coef < 1, norm * coef
-    elif d.coefs is not None:
-        out = [ops.mul(g, d.coefs[i]) for i, g in enumerate(grads)]
-        clipped = ops.any(d.coefs < 1)
-        clipped_norm = ops.vector_norm(m.tensor_norms * d.coefs, p)
-    elif d.unit_coefs is not None:
-        out, clipped, clipped_norm = _scale_units(grads, d.unit_coefs, m, ops)
-    elif d.clamp is not None:
-        lo, hi = d.clamp
-        out = [ops.clip(g, lo, hi) for g in grads]
-        clipped = ops.any(ops.stack([_outside(g, lo, hi, ops) for g in grads]))
-        if d.skip is not None:  # a clamp has no factor to fold the skip into
-            out = [ops.select(d.skip, ops.zeros_like(o), o) for o in out]
-        acc = ops.acc_dtype(grads)
-        clipped_norm = ops.vector_norm(ops.stack([ops.tensor_norm(o, p, acc) for o in out]), p)
-    skipped = d.skip if d.skip is not None else false
-    return out, Outcome(norm=norm, clipped_norm=clipped_norm, coef=coef, clipped=clipped | skipped,
-                        nonfinite=~m.finite, skipped=skipped, threshold=d.threshold, tensor_norms=m.tensor_norms)
-
-
-def _outside(g: Any, lo: float | None, hi: float | None, ops: Any) -> Any:
-    """0-d bool: some element of ``g`` lies outside ``[lo, hi]`` (NaN is not outside)."""
-    below = ops.any(g < lo) if lo is not None else None
-    above = ops.any(g > hi) if hi is not None else None
-    if below is None or above is None:
-        return above if below is None else below
-    return below | above
-
-
-def fold_skip(d: Decision, norm: Any, ops: Any) -> Decision:
-    """Fold a skip flag into the decision's factors (0 when skipping), without a host read.
-
-    A clamp has no factor: the caller zeroes the clamped gradients itself.
-    """
-    keep = ops.as_dtype_of(~d.skip, norm)
-    if d.coefs is not None:
-        return dataclasses.replace(d, coefs=d.coefs * keep)
-    if d.unit_coefs is not None:
-        return dataclasses.replace(d, unit_coefs=[keep if c is None else c * keep for c in d.unit_coefs])
-    if d.clamp is not None:
-        return d
-    return dataclasses.replace(d, coef=keep if d.coef is None else d.coef * keep)
-
-
-def _scale_units(grads: list[Any], coefs: list[Any], m: Measurement, ops: Any) -> tuple[list[Any], Any, Any]:
-    """Scale each unit; the clipped (L2) norm and flag come from the unit norms, not a new pass."""
-    out, squares, hits = [], [], []
-    for i, (g, c) in enumerate(zip(grads, coefs)):
-        if c is None:
-            out.append(g)
-            squares.append(m.tensor_norms[i] * m.tensor_norms[i])
-            continue
-        out.append(ops.mul(g, c))
-        scaled = m.unit_norms[i] * c
-        squares.append(ops.sum(scaled * scaled))
-        hits.append(ops.any(c < 1))
-    clipped = ops.any(ops.stack(hits)) if hits else ops.false_like(m.norm)
-    return out, clipped, ops.sqrt(ops.sum(ops.stack(squares)))
-
-
 def initial_state(policy: Policy, shapes: list[tuple[int, ...]], names: tuple[str, ...],
                   acc_dtype: Any) -> tuple[dict[str, Any], Outcome]:
-    """The policy's state with its steady-state shapes, and an outcome with the shapes a step returns.
+    """The policy's state with its final shapes, and an :class:`Outcome` of zeros shaped like a step's.
 
-    Decides once on a measurement flagged non-finite, with :class:`gradclip._ops.NumpyOps`: such
-    a step never changes a policy's state, but it makes every array the policy creates lazily
-    (per-tensor rows, per-name entries) with its "nothing seen yet" value. A second step checks
-    that the shapes are stable.
+    Both are declared: the state is ``policy.init_state`` with :class:`gradclip._ops.NumpyOps`
+    in the accumulation dtype, and the outcome follows the policy's decision form
+    (:func:`gradclip._apply.decision_form`): ``coef`` is a 0-d array or ``None``; ``threshold``
+    a 0-d or 1-D array, a fixed Python value (a number or ``(lo, hi)``), or ``None``. Nothing is
+    run. An adapter makes its variables from them (state, and the statistics of the last step).
+
+    Args:
+        policy: The policy (with bounded histories: :func:`fixed_shape`).
+        shapes: The gradients' shapes, in the order of ``names`` (the state depends on their
+            number and names, not on their sizes).
+        names: The gradients' names.
+        acc_dtype: The dtype the norms are accumulated in (NumPy float32 or float64).
+
+    Returns:
+        ``(state, outcome)``: NumPy arrays (the outcome's flags are bool, the rest ``acc_dtype``).
 
     Raises:
-        ConfigError: the policy's state changes shape from step to step.
+        ConfigError: a state array with an empty dimension, which would grow at every step (an
+            unbounded ``AutoClip`` history: bound it with :func:`fixed_shape`); a new policy
+            that declares no decision form; ``shapes`` and ``names`` of different lengths.
+
+    Example:
+        >>> import numpy as np, gradclip
+        >>> state, outcome = initial_state(gradclip.AutoClip(window=8, scope="tensor"), [(3, 2), (2,)], ("w", "b"),
+        ...                                np.float32)
+        >>> state["sorted"].shape, outcome.threshold.shape, outcome.coef
+        ((2, 8), (2,), None)
     """
     import numpy as np
 
     from gradclip._ops import NumpyOps
 
-    small = [(1,) * len(s) for s in shapes]  # the state depends on ranks and names, not on sizes
-    ones = [np.ones(s, acc_dtype) for s in small]
-    m = measure(policy, ones, NumpyOps, names=names, params=ones)
-    m = dataclasses.replace(m, finite=np.False_)
-    with np.errstate(all="ignore"):
-        state = policy.init_state(np.asarray(1.0, acc_dtype), NumpyOps)
-        _, state = policy.decide(m, state, NumpyOps)
-        _, again = policy.decide(m, state, NumpyOps)
-        outcome = run(policy, ones, state, NumpyOps, names=names, params=ones)[1]
-    state = {k: np.asarray(v) for k, v in state.items()}
-    if set(again) != set(state) or any(np.shape(again[k]) != np.shape(state[k]) for k in state):
+    if len(shapes) != len(names):
+        raise ConfigError(f"initial_state needs one shape per name. Received {len(shapes)} shapes for "
+                          f"{len(names)} names.")
+    like = np.zeros((), acc_dtype)
+    state = {k: np.asarray(v) for k, v in policy.init_state(like, NumpyOps, tuple(names)).items()}
+    growing = sorted(k for k, v in state.items() if 0 in v.shape)
+    if growing:
         raise ConfigError(
-            f"{policy.spec()!r} keeps a state whose shape changes from step to step, which a "
-            "variable cannot hold. Give it a fixed size (for AutoClip: window=N)."
+            f"{_identity(policy)} keeps a state whose shape changes from step to step (empty so far: {growing}), "
+            "which a variable cannot hold. Give it a fixed size (for AutoClip: window=N)."
         )
+    form = decision_form(policy)
+    n, zero, flag = len(names), np.zeros((), acc_dtype), np.zeros((), bool)
+    threshold = {"scalar": zero, "tensor": np.zeros((n,), acc_dtype), "fixed": form.fixed, "none": None}[form.threshold]
+    outcome = Outcome(norm=zero, clipped_norm=zero, coef=zero if reports_coef(policy) else None, clipped=flag,
+                      nonfinite=flag, skipped=flag, threshold=threshold, tensor_norms=np.zeros((n,), acc_dtype))
     return state, outcome
 
 
-def may_skip(policy: Policy, shapes: list[tuple[int, ...]], names: tuple[str, ...]) -> bool:
-    """Whether the policy's decisions carry a skip flag (SpikeGuard and chains holding one)."""
-    import numpy as np
+def check_state(policy: Policy, state: dict[str, Any], new_state: dict[str, Any]) -> None:
+    """Check that a step's new state fits the variables holding ``state`` (same keys, same shapes).
 
-    from gradclip._ops import NumpyOps
+    Shapes are static, so this reads nothing (it runs once when a step is traced).
 
-    one = np.float32(1.0)
-    grads = [np.ones((1,) * len(s), np.float32) for s in shapes]
-    with np.errstate(all="ignore"):
-        m = measure(policy, grads, NumpyOps, names=names, params=grads)
-        decision, _ = policy.decide(m, policy.init_state(one, NumpyOps), NumpyOps)
-    return decision.skip is not None
+    Raises:
+        ConfigError: a key added or dropped, or a shape changed (a state that grows, or a policy
+            whose ``init_state`` does not give the final shapes).
+    """
+    changed = sorted(set(state) ^ set(new_state))
+    changed += sorted(k for k in set(state) & set(new_state)
+                      if tuple(getattr(state[k], "shape", ())) != tuple(getattr(new_state[k], "shape", ())))
+    if changed:
+        raise ConfigError(
+            f"{_identity(policy)} keeps a state whose shape changes from step to step ({changed}), which a variable "
+            "cannot hold. Give it a fixed size (for AutoClip: window=N), and make init_state(like, ops, names) return "
+            "the final shapes."
+        )
+
+
+def check_outcome(policy: Policy, template: Outcome, outcome: Outcome) -> None:
+    """Check that a step's outcome has the form :func:`initial_state` declared (``coef`` and ``threshold``).
+
+    Shapes are static, so this reads nothing (it runs once when a step is traced).
+
+    Raises:
+        ConfigError: the policy's decision does not match its declared form (a new policy whose
+            ``decision_form`` says another kind or threshold than its ``decide`` returns).
+    """
+    for field in ("coef", "threshold"):
+        want, got = getattr(template, field), getattr(outcome, field)
+        if want is None and got is None:
+            continue
+        if want is not None and got is not None and _fixed(want) == _fixed(got) and (
+                _fixed(want) or len(getattr(want, "shape", ())) == len(getattr(got, "shape", ()))):
+            continue
+        raise ConfigError(
+            f"{_identity(policy)} declares decision_form={decision_form(policy)}, but its decision gives "
+            f"{field}={_describe(got)} where the form means {_describe(want)}. Declare the form decide() returns."
+        )
+
+
+def _fixed(value: Any) -> bool:
+    """A threshold fixed on the Python side (a number or ``(lo, hi)``), not an array."""
+    return isinstance(value, (float, int, tuple)) and not hasattr(value, "shape")
+
+
+def _describe(value: Any) -> str:
+    if value is None or _fixed(value):
+        return repr(value)
+    return f"an array of rank {len(getattr(value, 'shape', ()))}"
+
+
+def _identity(policy: Policy) -> str:
+    """The policy's spec string for messages, or its repr (a policy without a spec name, AGC excluding by type)."""
+    try:
+        spec = policy.spec()
+    except ConfigError:
+        return repr(policy)
+    return repr(spec) if spec and not spec.startswith(":") else repr(policy)

@@ -12,7 +12,7 @@ from typing import Any
 
 from gradclip import _validate
 from gradclip._errors import ConfigError
-from gradclip._policies._base import Decision, Measurement, Policy
+from gradclip._policies._base import Decision, DecisionForm, Measurement, Policy
 
 __all__ = ["AdaGC"]
 
@@ -67,6 +67,7 @@ class AdaGC(Policy):
     eps: float = 1e-6
 
     spec_name = "adagc"
+    decision_form = DecisionForm("coefs", "tensor")
     spec_aliases = {"lambda": "lambda_rel", "l": "lambda_rel", "warmup": "warmup_steps"}
     state_rules = {"step": "finite,integer,nonnegative", "gamma.*": "nonnegative"}
     needs_tensor_norms = True

@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from gradclip._errors import ConfigError
 from gradclip._ops import PolicyOps
 
 _REGISTRY: dict[str, type[Policy]] = {}
@@ -32,6 +33,9 @@ class Measurement:
             of each unit (kept dims, broadcastable to the tensor), or ``None`` for a tensor the
             policy excludes.
         param_unit_norms: The same for the parameter values.
+        sizes: Element count of each gradient tensor (a tuple of ints, in the order of
+            ``tensor_norms``), or ``None`` where the adapter did not give them. Policies that
+            read it (:class:`gradclip.BlockRMS`) refuse ``None``.
     """
 
     norm: Any
@@ -40,6 +44,7 @@ class Measurement:
     names: tuple[str, ...] = ()
     unit_norms: Any = None
     param_unit_norms: Any = None
+    sizes: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,73 @@ class Decision:
     clamp: tuple[float | None, float | None] | None = None
     skip: Any = None
 
+    @property
+    def kind(self) -> str:
+        """Which field acts on the gradients: one of :data:`DECISION_KINDS`.
+
+        ``"none"``: the gradients are left as they are (zeroed when ``skip`` is True).
+        :mod:`gradclip._apply` dispatches on this, in one place.
+
+        Example:
+            >>> Decision(coef=0.5).kind, Decision(clamp=(-1.0, 1.0)).kind, Decision().kind
+            ('coef', 'clamp', 'none')
+        """
+        if self.coef is not None:
+            return "coef"
+        if self.coefs is not None:
+            return "coefs"
+        if self.unit_coefs is not None:
+            return "units"
+        return "clamp" if self.clamp is not None else "none"
+
+
+#: What a decision does to the gradients (:attr:`Decision.kind`, :attr:`DecisionForm.kind`).
+DECISION_KINDS = ("coef", "coefs", "units", "clamp", "none")
+#: How a policy's threshold is reported (:attr:`DecisionForm.threshold`).
+THRESHOLD_FORMS = ("scalar", "tensor", "fixed", "none")
+
+
+@dataclass(frozen=True)
+class DecisionForm:
+    """The form of every decision a policy returns, declared instead of learned by running it.
+
+    A policy's state has its final shapes from :meth:`Policy.init_state`; this says the same of
+    its decisions. The functional adapters (Keras, TensorFlow, JAX) keep the last step's
+    statistics in variables whose shapes they fix before the first step: whether there is one
+    global factor (``ClipStats.coef``), and what the threshold is.
+
+    Attributes:
+        kind: Which field of :class:`Decision` the policy sets: ``"coef"`` (one global factor),
+            ``"coefs"`` (one per tensor), ``"units"`` (per unit), ``"clamp"``, or ``"none"``
+            (a measure-only policy, or a skip flag alone). Default ``"coef"``.
+        threshold: ``"scalar"`` (a 0-d array, default), ``"tensor"`` (a 1-D array, one per
+            gradient tensor), ``"fixed"`` (a Python number or ``(lo, hi)`` pair that never
+            changes: ``fixed``) or ``"none"`` (no threshold).
+        fixed: The threshold when ``threshold="fixed"``.
+
+    Raises:
+        ConfigError: an unknown ``kind`` or ``threshold``, or ``fixed`` given with another form.
+
+    Example:
+        >>> DecisionForm("coefs", threshold="tensor")
+        DecisionForm(kind='coefs', threshold='tensor', fixed=None)
+    """
+
+    kind: str = "coef"
+    threshold: str = "scalar"
+    fixed: Any = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in DECISION_KINDS:
+            raise ConfigError(f"DecisionForm.kind must be one of {DECISION_KINDS}. Received: {self.kind!r}.")
+        if self.threshold not in THRESHOLD_FORMS:
+            raise ConfigError(
+                f"DecisionForm.threshold must be one of {THRESHOLD_FORMS}. Received: {self.threshold!r}."
+            )
+        if (self.fixed is not None) != (self.threshold == "fixed"):
+            raise ConfigError("DecisionForm takes fixed=<value> exactly when threshold='fixed'. Received: "
+                              f"threshold={self.threshold!r}, fixed={self.fixed!r}.")
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -83,11 +155,18 @@ class Policy:
         needs_tensor_norms: Whether :meth:`decide` reads ``Measurement.tensor_norms``.
         needs_unit_norms: Whether :meth:`decide` reads the unit-wise gradient and parameter
             norms (then the policy also has ``axis`` and ``excluded(name, module_names)``).
+        needs_sizes: Whether :meth:`decide` reads ``Measurement.sizes`` (the element count of each
+            whole tensor: a sparse gradient is then measured dense).
         state_rules: What a loaded state's values must satisfy, by key (``{"mu": "finite"}``);
             checked with the keys, shapes and dtypes before anything is loaded. The rules are
             listed in :mod:`gradclip._policies._statecheck`.
         can_skip: Whether :meth:`decide` may return a ``skip`` flag (then an adapter keeps the
             optimizer's state to restore on a skipped step). A property where a field decides it.
+        decision_form: The :class:`DecisionForm` of every decision (a property where a field
+            decides it), read by the adapters that size their variables before the first step.
+            Every built-in policy declares it. ``None`` (the default): not declared; such a
+            policy runs in the torch adapter only (the Keras, TensorFlow and JAX adapters raise
+            :class:`gradclip.ConfigError` asking for it).
     """
 
     spec_name: ClassVar[str] = ""
@@ -95,8 +174,10 @@ class Policy:
     spec_aliases: ClassVar[dict[str, str]] = {}
     needs_tensor_norms: ClassVar[bool] = False
     needs_unit_norms: ClassVar[bool] = False
+    needs_sizes: ClassVar[bool] = False
     state_rules: ClassVar[dict[str, str]] = {}
     can_skip: ClassVar[bool] = False
+    decision_form: ClassVar[DecisionForm | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gradclip._errors import ConfigError
-from gradclip._policies._base import Decision, Measurement, Policy
+from gradclip._policies._base import Decision, DecisionForm, Measurement, Policy
 
 __all__ = ["Chain", "chain"]
 
@@ -60,6 +60,10 @@ class Chain(Policy):
         return any(p.needs_unit_norms for p in self.policies)
 
     @property
+    def needs_sizes(self) -> bool:  # type: ignore[override]
+        return any(p.needs_sizes for p in self.policies)
+
+    @property
     def measure_norm_type(self) -> float:
         return self.policies[-1].measure_norm_type
 
@@ -84,6 +88,18 @@ class Chain(Policy):
     def can_skip(self) -> bool:  # type: ignore[override]
         return any(p.can_skip for p in self.policies)
 
+    @property
+    def decision_form(self) -> DecisionForm | None:  # type: ignore[override]
+        """Per unit if a member scales units, else per tensor if one scales tensors, else one
+        global factor; the threshold is that of the last member that has one."""
+        forms = [p.decision_form for p in self.policies]
+        if any(f is None for f in forms):
+            return None
+        kinds = {f.kind for f in forms}
+        kind = "units" if "units" in kinds else "coefs" if "coefs" in kinds else "coef"
+        last = next((f for f in reversed(forms) if f.threshold != "none"), DecisionForm(threshold="none"))
+        return DecisionForm(kind, last.threshold, last.fixed)
+
     def init_state(self, like: Any, ops: Any, names: tuple[str, ...] = ()) -> dict[str, Any]:
         return {f"{i}.{k}": v for i, p in enumerate(self.policies) for k, v in p.init_state(like, ops, names).items()}
 
@@ -102,7 +118,8 @@ class Chain(Policy):
             # (AdaGC's "gamma.<name>") gets its "nothing seen yet" value instead of a KeyError.
             finite = m.finite if skip is None else m.finite & ~skip
             sub = Measurement(norm=ops.vector_norm(tn, p_norm), tensor_norms=tn, finite=finite,
-                              names=m.names, unit_norms=units, param_unit_norms=m.param_unit_norms)
+                              names=m.names, unit_norms=units, param_unit_norms=m.param_unit_norms,
+                              sizes=m.sizes)
             d, updated = policy.decide(sub, mine, ops)
             if skip is not None:  # and for policies that read the norm's finiteness themselves
                 updated = {k: ops.where(skip, mine[k], v) if k in mine else v for k, v in updated.items()}

@@ -23,7 +23,7 @@ from typing import Any
 
 from gradclip import _validate
 from gradclip._errors import ConfigError
-from gradclip._policies._base import Decision, Measurement, Policy
+from gradclip._policies._base import Decision, DecisionForm, Measurement, Policy
 from gradclip._policies._fixed import TORCH_EPS
 
 __all__ = ["AutoClip", "MaxNormHistory", "capped", "history_coef"]
@@ -210,6 +210,10 @@ class AutoClip(Policy):
     def needs_tensor_norms(self) -> bool:  # type: ignore[override]
         return self.scope == "tensor"
 
+    @property
+    def decision_form(self) -> DecisionForm:  # type: ignore[override]
+        return DecisionForm("coef") if self.scope == "global" else DecisionForm("coefs", "tensor")
+
     def init_state(self, like: Any, ops: Any, names: tuple[str, ...] = ()) -> dict[str, Any]:
         rows = 1 if self.scope == "global" else len(names)  # no names: per-tensor rows come at the first step
         state = {"sorted": ops.filled((rows, self.window or 0), INF, like), "count": ops.index_scalar(0, like)}
@@ -320,6 +324,7 @@ class MaxNormHistory(Policy):
     max_norm: float | None = 1.0
 
     spec_name = "maxhist"
+    decision_form = DecisionForm("coef")
     spec_positional = "factor"
     spec_aliases = {"cap": "max_norm"}
     state_rules = {"ring": "finite,nonnegative", "count": "integer,nonnegative,max=window,with=ring",

@@ -17,7 +17,7 @@ from typing import Any
 
 from gradclip import _validate
 from gradclip._errors import ConfigError
-from gradclip._policies._base import Decision, Measurement, Policy
+from gradclip._policies._base import Decision, DecisionForm, Measurement, Policy
 from gradclip._policies._fixed import TORCH_EPS
 
 __all__ = ["SpikeGuard"]
@@ -110,6 +110,10 @@ class SpikeGuard(Policy):
     @property
     def can_skip(self) -> bool:  # type: ignore[override]
         return self.on_spike == "skip"
+
+    @property
+    def decision_form(self) -> DecisionForm:  # type: ignore[override]
+        return DecisionForm("none" if self.on_spike == "skip" and self.max_norm is None else "coef")
 
     def init_state(self, like: Any, ops: Any, names: tuple[str, ...] = ()) -> dict[str, Any]:
         return {"norms": ops.filled((self.window,), 0.0, like), "count": ops.scalar(0.0, like), "pos": ops.scalar(0.0, like)}

@@ -13,7 +13,7 @@ from typing import Any
 
 from gradclip import _validate
 from gradclip._errors import ConfigError
-from gradclip._policies._base import Decision, Measurement, Policy
+from gradclip._policies._base import Decision, DecisionForm, Measurement, Policy
 from gradclip._policies._fixed import TORCH_EPS
 
 __all__ = ["ZClip"]
@@ -130,6 +130,7 @@ class ZClip(Policy):
     eps: float = 1e-6
 
     spec_name = "zclip"
+    decision_form = DecisionForm("coef")
     spec_aliases = {
         "a": "alpha", "z": "z_thresh", "w": "warmup_steps", "warmup": "warmup_steps", "cap": "max_norm",
         "skip": "skip_on_spike",

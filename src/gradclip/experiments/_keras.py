@@ -17,7 +17,7 @@ import numpy as np
 from gradclip.experiments._loop import train
 from gradclip.experiments._results import RunResult
 from gradclip.experiments._tasks import Data, Task
-from gradclip.keras import wrap
+from gradclip.keras import clipped
 
 
 def build_model(task: Task) -> keras.Model:
@@ -45,7 +45,7 @@ def run(task: Task, method: str, seed: int, data: Data, log_path: Path | None = 
     """Train ``task``'s Keras model with clipping ``method`` (``model.train_on_batch`` per step)."""
     keras.utils.set_random_seed(seed)
     model = build_model(task)
-    opt = wrap(keras.optimizers.SGD(task.lr, momentum=task.momentum), method)
+    opt = clipped(keras.optimizers.SGD(task.lr, momentum=task.momentum), method)
     if task.loss == "mse":
         loss_fn = keras.losses.MeanSquaredError()
     else:
@@ -54,7 +54,7 @@ def run(task: Task, method: str, seed: int, data: Data, log_path: Path | None = 
 
     def step(rows: np.ndarray) -> tuple[float, Any]:
         loss = model.train_on_batch(data.X[rows], data.y[rows], return_dict=True)["loss"]
-        return float(loss), opt.gradclip_stats()
+        return float(loss), opt.last_stats()
 
     def evaluate(x: np.ndarray, y: np.ndarray) -> tuple[float, float | None]:
         out = model.predict_on_batch(x)

@@ -1,4 +1,4 @@
-"""``GradientMonitor``: a Keras callback that records a wrapped optimizer's ClipStats with gradclip.Monitor."""
+"""``GradientMonitor``: a Keras callback that records a clipped optimizer's ClipStats with gradclip.Monitor."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from gradclip._errors import ConfigError
+from gradclip.keras._optimizer import _ClippedMixin
 from gradclip.monitor import Monitor
 
 __all__ = ["GradientMonitor"]
@@ -17,7 +18,7 @@ __all__ = ["GradientMonitor"]
 class GradientMonitor(keras.callbacks.Callback):
     """Write one :class:`gradclip.Monitor` record per optimizer update during ``model.fit``.
 
-    The optimizer must come from :func:`gradclip.keras.wrap` (possibly inside a
+    The optimizer must come from :func:`gradclip.keras.clipped` (possibly inside a
     ``LossScaleOptimizer``). Its last step's :class:`gradclip.ClipStats` live in optimizer
     variables; the callback reads them after each batch (one small host read), with the batch
     loss and the learning rate, and hands them to the monitor: the same records, sinks
@@ -53,7 +54,7 @@ class GradientMonitor(keras.callbacks.Callback):
         >>> import keras, gradclip, gradclip.keras as gck
         >>> records = []
         >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
-        >>> model.compile(optimizer=gck.wrap(keras.optimizers.SGD(0.1), "norm:1.0"), loss="mse")
+        >>> model.compile(optimizer=gck.clipped(keras.optimizers.SGD(0.1), "norm:1.0"), loss="mse")
         >>> _ = model.fit(keras.ops.ones((8, 3)), keras.ops.ones((8, 1)), batch_size=4, verbose=0,
         ...               callbacks=[gck.GradientMonitor([records.append])])
         >>> len(records), sorted(records[0])[:3]
@@ -84,7 +85,7 @@ class GradientMonitor(keras.callbacks.Callback):
             return
         self._last_iteration = iteration
         lr = float(np.asarray(keras.ops.convert_to_numpy(opt.learning_rate)))
-        self.monitor.step(clip_stats=opt.gradclip_stats(), loss=self._batch_loss(logs), lr=lr, epoch=self._epoch)
+        self.monitor.step(clip_stats=opt.last_stats(), loss=self._batch_loss(logs), lr=lr, epoch=self._epoch)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         if self._owned:
@@ -108,9 +109,9 @@ class GradientMonitor(keras.callbacks.Callback):
     def _optimizer(self) -> Any:
         opt = self.model.optimizer
         opt = getattr(opt, "inner_optimizer", opt)  # LossScaleOptimizer
-        if not hasattr(opt, "gradclip_stats"):
-            raise ConfigError("GradientMonitor reads the statistics of an optimizer made by gradclip.keras.wrap(...). "
-                              f"Received a {type(opt).__name__}: compile the model with wrap(optimizer, policy).")
+        if not isinstance(opt, _ClippedMixin):
+            raise ConfigError("GradientMonitor reads the statistics of an optimizer wrapped by gradclip.keras.clipped(...). "
+                              f"Received a {type(opt).__name__}: compile the model with clipped(optimizer, policy).")
         return opt
 
 

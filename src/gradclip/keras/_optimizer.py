@@ -1,7 +1,12 @@
-"""``wrap``: any gradclip policy inside any Keras 3 optimizer (every backend, ``fit`` and custom loops)."""
+"""``clipped``: any gradclip policy inside any Keras 3 optimizer (every backend, ``fit`` and custom loops).
+
+``wrap`` is the former name of :func:`clipped` and ``opt.gradclip_stats()`` of ``opt.last_stats()``;
+both still work and emit a ``DeprecationWarning``.
+"""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import keras
@@ -16,15 +21,15 @@ from gradclip._spec import parse_policy
 from gradclip._stats import ClipStats
 from gradclip.keras._ops import KerasOps, narrowed
 
-__all__ = ["wrap"]
+__all__ = ["clipped", "wrap"]
 
 _CLASSES: dict[type, type] = {}
 REGISTERED = "gradclip>ClippedOptimizer"
 _FLAGS = ("clipped", "nonfinite", "skipped")
 
 
-def wrap(optimizer: keras.optimizers.Optimizer, policy: Policy | str, *, nonfinite: str = "propagate",
-         history: int = _step.HISTORY_CAPACITY) -> keras.optimizers.Optimizer:
+def clipped(optimizer: keras.optimizers.Optimizer, policy: Policy | str, *, nonfinite: str = "propagate",
+            history: int = _step.HISTORY_CAPACITY) -> keras.optimizers.Optimizer:
     """Return a copy of a Keras optimizer that clips with ``policy`` before every update.
 
     The copy is an instance of a subclass of the optimizer's class (``isinstance(opt, Adam)``
@@ -55,8 +60,8 @@ def wrap(optimizer: keras.optimizers.Optimizer, policy: Policy | str, *, nonfini
         history: Capacity of an unbounded AutoClip history (default 10,000 norms).
 
     Returns:
-        The clipping optimizer. ``opt.gradclip_stats()`` returns the last step's
-        :class:`gradclip.ClipStats`.
+        The clipping optimizer. ``opt.last_stats()`` returns the last step's
+        :class:`gradclip.ClipStats` (``opt.gradclip_stats()`` is its deprecated former name).
 
     Raises:
         InputTypeError: ``optimizer`` is not a Keras optimizer.
@@ -66,23 +71,23 @@ def wrap(optimizer: keras.optimizers.Optimizer, policy: Policy | str, *, nonfini
 
     Example:
         >>> import keras, gradclip, gradclip.keras as gck
-        >>> opt = gck.wrap(keras.optimizers.SGD(0.1), gradclip.GlobalNorm(1.0))
+        >>> opt = gck.clipped(keras.optimizers.SGD(0.1), gradclip.GlobalNorm(1.0))
         >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
         >>> model.compile(optimizer=opt, loss="mse")
         >>> history = model.fit(keras.ops.ones((8, 3)), keras.ops.ones((8, 1)) * 50, verbose=0)
-        >>> stats = opt.gradclip_stats()
+        >>> stats = opt.last_stats()
         >>> bool(stats.clipped), round(stats.to_dict()["clipped_norm"], 4)
         (True, 1.0)
     """
     if not isinstance(optimizer, keras.optimizers.Optimizer):
-        raise InputTypeError(f"wrap() takes a Keras optimizer (keras.optimizers.Adam(...), ...). "
+        raise InputTypeError(f"clipped() takes a Keras optimizer (keras.optimizers.Adam(...), ...). "
                              f"Received: {type(optimizer).__name__}.")
     if isinstance(optimizer, _ClippedMixin):
-        raise ConfigError(f"This optimizer already clips with {optimizer.gradclip_policy.spec()!r}; wrapping it "
+        raise ConfigError(f"This optimizer already clips with {optimizer.gradclip_policy.spec()!r}; clipping it "
                           "again would clip twice. Combine policies in one: gradclip.chain(a, b) or 'a+b'.")
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        raise ConfigError("Wrap the inner optimizer, not the LossScaleOptimizer: "
-                          "LossScaleOptimizer(gradclip.keras.wrap(Adam(...), policy)).")
+        raise ConfigError("Clip the inner optimizer, not the LossScaleOptimizer: "
+                          "LossScaleOptimizer(gradclip.keras.clipped(Adam(...), policy)).")
     set_args = {k: getattr(optimizer, k, None) for k in ("clipnorm", "clipvalue", "global_clipnorm")}
     set_args = {k: v for k, v in set_args.items() if v is not None}
     if set_args:
@@ -93,15 +98,26 @@ def wrap(optimizer: keras.optimizers.Optimizer, policy: Policy | str, *, nonfini
             "GlobalNorm(c, semantics='keras'), clipnorm=c is PerTensorNorm(c, semantics='keras'), clipvalue=c is Value(c)."
         )
     if optimizer.built:
-        raise ConfigError("wrap() needs an optimizer that has not been built yet (no apply(), fit() or build() "
-                          "so far), because it builds its own copy. Wrap it right after creating it.")
+        raise ConfigError("clipped() needs an optimizer that has not been built yet (no apply(), fit() or build() "
+                          "so far), because it builds its own copy. Pass it right after creating it.")
     policy = _step.fixed_shape(parse_policy(policy), history)
-    names_only(policy, "gradclip.keras.wrap")  # no layers here to resolve AGC(exclude=(Dense,)) with
+    names_only(policy, "gradclip.keras.clipped")  # no layers here to resolve AGC(exclude=(Dense,)) with
     nonfinite = _validate.choice("nonfinite", nonfinite, _validate.NONFINITE_MODES)
     cls = _clipped_class(type(optimizer))
-    clipped = super(_ClippedMixin, cls).from_config(optimizer.get_config())
-    clipped._gradclip_setup(policy, nonfinite, history)
-    return clipped
+    opt = super(_ClippedMixin, cls).from_config(optimizer.get_config())
+    opt._gradclip_setup(policy, nonfinite, history)
+    return opt
+
+
+def wrap(optimizer: keras.optimizers.Optimizer, policy: Policy | str, *, nonfinite: str = "propagate",
+         history: int = _step.HISTORY_CAPACITY) -> keras.optimizers.Optimizer:
+    """Deprecated name of :func:`clipped` (the optimizer wrapper is ``clipped`` in every adapter).
+
+    Emits a ``DeprecationWarning`` and returns ``clipped(optimizer, policy, ...)``.
+    """
+    warnings.warn("gradclip.keras.wrap is deprecated: use gradclip.keras.clipped (the same arguments), the name "
+                  "of the optimizer wrapper in every adapter.", DeprecationWarning, stacklevel=2)
+    return clipped(optimizer, policy, nonfinite=nonfinite, history=history)
 
 
 def _clipped_class(base: type) -> type:
@@ -128,8 +144,8 @@ class _ClippedMixin:
         names = tuple(v.path for v in var_list)
         acc = "float64" if any(keras.backend.standardize_dtype(v.dtype) == "float64" for v in var_list) else "float32"
         state, outcome = _step.initial_state(self.gradclip_policy, [tuple(v.shape) for v in var_list], names, acc)
-        self._gc.names = names
-        self._gc.may_skip = _step.may_skip(self.gradclip_policy, [tuple(v.shape) for v in var_list], names)
+        self._gc.names, self._gc.template = names, outcome
+        self._gc.may_skip = self.gradclip_policy.can_skip
         self._gc.state = {k: self._gc_variable(f"gradclip_state_{i}", v) for i, (k, v) in enumerate(sorted(state.items()))}
         stats = {k: v for k, v in vars(outcome).items() if v is not None and not isinstance(v, (float, int, tuple))}
         self._gc.threshold = outcome.threshold if isinstance(outcome.threshold, (float, int, tuple)) else None
@@ -154,8 +170,8 @@ class _ClippedMixin:
 
     def _clip_gradients(self, grads: list[Any]) -> list[Any]:
         if not self.built:
-            raise ConfigError(f"This {type(self).__name__} (from gradclip.keras.wrap) was used before it was built, so "
-                              "it has no clipping state yet. Build it on the model's variables first: "
+            raise ConfigError(f"This {type(self).__name__} (from gradclip.keras.clipped) was used before it was built, "
+                              "so it has no clipping state yet. Build it on the model's variables first: "
                               "optimizer.build(model.trainable_variables), or let fit()/apply(grads, variables) do it.")
         variables = self._gc.vars if self._gc.vars is not None else self._trainable_variables
         index = [self._get_variable_index(v) for v in variables]
@@ -168,6 +184,8 @@ class _ClippedMixin:
         mode = "skip" if self.gradclip_nonfinite == "error" else self.gradclip_nonfinite
         out, outcome, new_state = _step.run(self.gradclip_policy, full, state, KerasOps, names=self._gc.names,
                                             params=params, nonfinite=mode)
+        _step.check_state(self.gradclip_policy, self._gc.state, new_state)  # static shapes: checked when traced
+        _step.check_outcome(self.gradclip_policy, self._gc.template, outcome)
         if self.gradclip_nonfinite == "error":
             self._gc_check_finite(outcome, full)
         for k, var in self._gc.state.items():
@@ -225,8 +243,12 @@ class _ClippedMixin:
                                      {k: np.asarray(store[index[id(v)]]) for k, v in self._gc.state.items()})
         super().load_own_variables(store)
 
-    def gradclip_stats(self) -> ClipStats:
-        """The last step's :class:`gradclip.ClipStats`, read from the optimizer's variables."""
+    def last_stats(self) -> ClipStats:
+        """The last step's :class:`gradclip.ClipStats`, read from the optimizer's variables (a host read).
+
+        Raises:
+            ConfigError: the optimizer has not been built yet.
+        """
         if not self._gc.stats:
             raise ConfigError("The optimizer has not been built yet: run a training step first.")
         v = {k: np.asarray(K.convert_to_numpy(var.value)) for k, var in self._gc.stats.items()}
@@ -236,6 +258,12 @@ class _ClippedMixin:
                          threshold=v.get("threshold", self._gc.threshold), offenders=offenders,
                          norm_type=self.gradclip_policy.measure_norm_type, tensor_norms=v["tensor_norms"],
                          names=self._gc.names, **{k: bool(v[k]) for k in _FLAGS})
+
+    def gradclip_stats(self) -> ClipStats:
+        """Deprecated name of :meth:`last_stats` (emits a ``DeprecationWarning``)."""
+        warnings.warn("opt.gradclip_stats() is deprecated: use opt.last_stats(), the name in every adapter.",
+                      DeprecationWarning, stacklevel=2)
+        return self.last_stats()
 
     def get_config(self) -> dict[str, Any]:
         cls = self.__class__
@@ -250,8 +278,8 @@ class _ClippedMixin:
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> Any:
         inner = keras.saving.deserialize_keras_object(config["optimizer"], custom_objects=custom_objects)
-        return wrap(inner, config["policy"], nonfinite=config.get("nonfinite", "propagate"),
-                    history=config.get("history", _step.HISTORY_CAPACITY))
+        return clipped(inner, config["policy"], nonfinite=config.get("nonfinite", "propagate"),
+                       history=config.get("history", _step.HISTORY_CAPACITY))
 
 
 class _Scratch:
@@ -264,6 +292,7 @@ class _Scratch:
         self.stats: dict[str, Any] = {}
         self.names: tuple[str, ...] = ()
         self.threshold: Any = None
+        self.template: Any = None
         self.restore: list[tuple[Any, Any]] | None = None
         self.skip: Any = None
         self.may_skip = False

@@ -51,8 +51,9 @@ ZCLIP_WARMUP = 25
 #: How the recommended threshold is written for each framework the log can come from.
 SNIPPETS = {
     "torch": "gradclip.torch.Clipper(gradclip.GlobalNorm({t!r}))",
-    "keras": "gradclip.keras.wrap(optimizer, gradclip.GlobalNorm({t!r}))",
+    "keras": "gradclip.keras.clipped(optimizer, gradclip.GlobalNorm({t!r}))",
     "tensorflow": "gradclip.tensorflow.Clipper(gradclip.GlobalNorm({t!r}))",
+    "jax": "gradclip.jax.clipped(optimizer, gradclip.GlobalNorm({t!r}))",
 }
 
 

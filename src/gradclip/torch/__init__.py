@@ -1,5 +1,6 @@
 """gradclip for PyTorch: drop-ins for ``torch.nn.utils`` clipping, ``Clipper`` for any policy, and
-``clipped(optimizer, policy)`` to clip inside ``optimizer.step()``.
+``clipped(optimizer, policy)`` to clip inside ``optimizer.step()``. Both have ``last_stats()``, the
+last step's :class:`gradclip.ClipStats`, as every adapter's clipper has.
 
 Example:
     >>> import torch, gradclip, gradclip.torch as gct

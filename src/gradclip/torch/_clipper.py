@@ -6,16 +6,16 @@ import dataclasses
 import warnings
 from typing import Any
 
+import numpy as np
 import torch
 
-from gradclip import _validate
-from gradclip._errors import InputTypeError, NonFiniteError, Offender, StateDictError, nonfinite_message
+from gradclip import _apply, _validate
+from gradclip._errors import ConfigError, InputTypeError, NonFiniteError, Offender, StateDictError, nonfinite_message
 from gradclip._policies import Decision, Measurement, Policy, _statecheck
 from gradclip._spec import parse_policy
-from gradclip._step import fold_skip
 from gradclip._stats import ClipStats
 from gradclip.torch import _dist, _fast, _measure, _params, _replicas, _units
-from gradclip.torch._ops import TorchOps
+from gradclip.torch._ops import TorchGradOps, TorchOps
 
 __all__ = ["Clipper"]
 
@@ -82,6 +82,8 @@ class Clipper:
         >>> stats = clipper.step(model)
         >>> bool(stats.clipped), round(float(stats.clipped_norm), 4)
         (True, 1.0)
+        >>> clipper.last_stats() is stats
+        True
     """
 
     def __init__(
@@ -106,10 +108,21 @@ class Clipper:
         self.foreach = foreach
         self._state: dict[str, Any] | None = None
         self._place = False
+        self._last: ClipStats | None = None
         self.steps = 0
 
     def __repr__(self) -> str:
         return f"Clipper({self.policy!r}, nonfinite={self.nonfinite!r})"
+
+    def last_stats(self) -> ClipStats:
+        """The :class:`gradclip.ClipStats` of the last :meth:`step` (0-d tensors: no host read).
+
+        Raises:
+            ConfigError: no step has run yet.
+        """
+        if self._last is None:
+            raise ConfigError("This Clipper has not run a step yet: call clipper.step(model) first.")
+        return self._last
 
     @torch.no_grad()
     def step(self, parameters: Any, *, apply_coef: bool = True) -> ClipStats:
@@ -130,6 +143,11 @@ class Clipper:
             NonFiniteError: with ``nonfinite="error"`` and NaN/Inf gradients (left untouched).
             InputTypeError: ``parameters`` is not one of the accepted containers.
         """
+        stats = self._step(parameters, apply_coef)
+        self._last = stats
+        return stats
+
+    def _step(self, parameters: Any, apply_coef: bool) -> ClipStats:
         named = _params.unique(_params.named_tensors(parameters))  # a tensor listed twice counts once
         names, index, grads = _params.with_grads(named)
         _params.check_grads(names, grads)
@@ -179,10 +197,10 @@ class Clipper:
             if view is not None:
                 units = view.units(self.policy, *units)
         m = Measurement(norm=norm, tensor_norms=tensor_norms, finite=finite, names=tuple(names),
-                        unit_norms=units[0], param_unit_norms=units[1])
+                        unit_norms=units[0], param_unit_norms=units[1], sizes=tuple(named[i][1].numel() for i in index))
         before = self._state
         decision, self._state = self.policy.decide(m, before, TorchOps)
-        if fold and decision.coef is None:  # no global factor for the kernel to skip with: one host read
+        if fold and not _apply.foldable(decision):  # no global factor for the kernel to skip with: one host read
             fold = False
             if not bool(finite):
                 self._state = before
@@ -190,7 +208,11 @@ class Clipper:
                 return self._refuse(grads, norm, found, p, tensor_norms, names)
         elif fold:
             decision, self._state = _fold_nonfinite(decision, before, self._state, finite)
-        stats = self._apply(decision, grads, m, p, acc, offenders, apply_coef)
+        _, out = _apply.apply(decision, grads, m, TorchOps, norm_type=p, apply_coef=apply_coef,
+                              grad_ops=TorchGradOps(self.foreach, self.fast, acc))
+        stats = ClipStats(norm=out.norm, clipped_norm=out.clipped_norm, coef=out.coef, clipped=out.clipped,
+                          nonfinite=out.nonfinite, skipped=out.skipped, threshold=out.threshold, offenders=offenders,
+                          norm_type=p, tensor_norms=out.tensor_norms, names=m.names)
         if fold:  # a non-finite step reads as in _refuse: not clipped, norm unchanged
             stats.clipped = torch.where(finite, stats.clipped, False)
             stats.clipped_norm = torch.where(finite, stats.clipped_norm, norm)
@@ -200,38 +222,6 @@ class Clipper:
             _replicas.maybe_check(self._dist.check_every, norm, self.steps)
         self.steps += 1
         return stats
-
-    def _apply(self, d: Decision, grads: list[torch.Tensor], m: Measurement, p: float, acc, offenders,
-               apply_coef: bool = True) -> ClipStats:
-        norm = m.norm
-        false = torch.zeros((), dtype=torch.bool, device=norm.device)
-        if d.skip is not None:
-            d = fold_skip(d, norm, TorchOps)
-        coef, clipped, clipped_norm = None, false, norm
-        if d.coef is not None:
-            coef = d.coef
-            if apply_coef:
-                _measure.scale_(grads, coef, self.foreach)
-            clipped, clipped_norm = coef < 1, norm * coef
-        elif d.coefs is not None:
-            _measure.scale_each_(grads, d.coefs)
-            clipped = torch.any(d.coefs < 1)
-            clipped_norm = torch.linalg.vector_norm(m.tensor_norms * d.coefs, p)
-        elif d.unit_coefs is not None:
-            clipped, clipped_norm = _units.scale_units_(grads, d.unit_coefs, m.unit_norms, m.tensor_norms)
-        elif d.clamp is not None:
-            lo, hi = d.clamp
-            clipped = _measure.outside(grads, lo, hi)
-            _measure.clamp_(grads, lo, hi, self.foreach)
-            if d.skip is not None:  # a clamp has no factor to fold the skip into
-                _measure.scale_(grads, (~d.skip).to(norm.dtype), self.foreach)
-            clipped_norm = torch.linalg.vector_norm(_measure.norms_in_order(grads, p, self.foreach, acc, self.fast), p)
-        skipped = d.skip if d.skip is not None else false
-        return ClipStats(
-            norm=norm, clipped_norm=clipped_norm, coef=coef, clipped=clipped | skipped, nonfinite=~m.finite,
-            skipped=skipped, threshold=d.threshold, offenders=offenders, norm_type=p,
-            tensor_norms=m.tensor_norms, names=m.names,
-        )
 
     def _refuse(self, grads: list[torch.Tensor], norm: torch.Tensor, found: tuple, p: float,
                 tensor_norms: torch.Tensor, names: list[str]) -> ClipStats:
@@ -335,16 +325,15 @@ class Clipper:
         _check_spec(state_dict["policy"], self.policy, strict)
         arrays = {k: _to_numpy(k, v) for k, v in state.items()}
         kept, reset = _statecheck.check(self.policy, arrays, strict=strict)
-        device = next((v.device for v in state.values()), torch.device("cpu"))
-        out = {k: state[k] if k not in reset and k in state else torch.from_numpy(v.copy()).to(device)
+        device = next((v.device for v in state.values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
+        out = {k: state[k] if k not in reset and isinstance(state.get(k), torch.Tensor)
+               else torch.from_numpy(np.array(v, copy=True)).to(device)
                for k, v in kept.items()}
         return int(steps), out, reset
 
 
 def _identity(policy: Policy) -> str:
     """The policy's spec string, or its repr when it has none (AGC excluding by module type)."""
-    from gradclip._errors import ConfigError
-
     try:
         return policy.spec()
     except ConfigError:
@@ -371,9 +360,15 @@ def _check_spec(saved: Any, policy: Policy, strict: bool) -> None:
 
 
 def _to_numpy(key: str, value: Any) -> Any:
-    """A host copy of a saved state tensor for the checks (a read at load time, not in a step)."""
+    """A host copy of a saved state tensor for the checks (a read at load time, not in a step).
+
+    NumPy arrays are accepted too: a state saved by another adapter (``gradclip.jax.state_dict``).
+    """
+    if isinstance(value, np.ndarray):
+        return value
     if not isinstance(value, torch.Tensor):
-        raise StateDictError(f"State key {key!r}: found a {type(value).__name__}, expected a torch.Tensor.")
+        raise StateDictError(f"State key {key!r}: found a {type(value).__name__}, expected a torch.Tensor "
+                             "(or a NumPy array).")
     try:
         return value.detach().cpu().numpy()
     except TypeError:

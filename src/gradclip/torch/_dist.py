@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 
+from gradclip import _apply
 from gradclip._errors import ConfigError, InputTypeError
 from gradclip.torch import _measure
 
@@ -282,9 +283,12 @@ class View:
         return exchange(mine, self.groups)
 
     def restates(self, decision: Any) -> bool:
-        """Whether the post-clip norm must be measured again (elementwise or local per-tensor changes)."""
-        local_coefs = decision.coefs is not None and bool(self.user)  # from local per-tensor norms
-        return decision.clamp is not None or decision.unit_coefs is not None or local_coefs
+        """Whether the post-clip norm must be measured again (elementwise or local per-tensor changes).
+
+        Plain tensors' per-tensor norms are local when the caller gave process groups
+        (:func:`gradclip._apply.remeasured` says which decisions that concerns).
+        """
+        return _apply.remeasured(decision, local_tensor_norms=bool(self.user))
 
     def restate(self, p: float, foreach: bool | None, dtype: torch.dtype, clipped: torch.Tensor) -> tuple:
         """``(clipped, clipped_norm)`` over all ranks, after the local gradients were changed."""

@@ -71,8 +71,9 @@ def clipped(optimizer: torch.optim.Optimizer, policy: Clipper | Policy | str, *,
     kernels), so ``torch.compile(opt.step)`` works and ``fullgraph=True`` does not, as for the
     same optimizer without gradclip.
 
-    ``optimizer.clip_stats`` holds the :class:`gradclip.ClipStats` of the last step and
-    ``optimizer.clipper`` the :class:`Clipper`. The clipper's state is saved in
+    ``optimizer.last_stats()`` returns the :class:`gradclip.ClipStats` of the last step (the
+    same method as on every adapter's clipper; the ``optimizer.clip_stats`` attribute still holds
+    them, and is deprecated) and ``optimizer.clipper`` is the :class:`Clipper`. The clipper's state is saved in
     ``optimizer.state_dict()`` under ``"gradclip"`` and restored by ``load_state_dict``, which
     checks both parts before assigning either (:meth:`Clipper.load_state_dict`; a bad clipper
     part raises :class:`gradclip.StateDictError`, a bad optimizer part torch's error, and either
@@ -108,7 +109,8 @@ def clipped(optimizer: torch.optim.Optimizer, policy: Clipper | Policy | str, *,
         >>> opt = gct.clipped(torch.optim.AdamW(model.parameters(), fused=True), "norm:1.0")
         >>> model(torch.ones(8, 4)).sum().mul(100).backward()
         >>> opt.step()
-        >>> bool(opt.clip_stats.clipped), round(float(opt.clip_stats.clipped_norm), 4)
+        >>> stats = opt.last_stats()
+        >>> bool(stats.clipped), round(float(stats.clipped_norm), 4)
         (True, 1.0)
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
@@ -125,7 +127,8 @@ def clipped(optimizer: torch.optim.Optimizer, policy: Clipper | Policy | str, *,
     optimizer._gradclip = _Binding(clipper, params, optimizer.step)  # type: ignore[attr-defined]
     optimizer._gradclip.attrs = optimizer.__dict__  # type: ignore[attr-defined]
     optimizer.clipper = clipper  # type: ignore[attr-defined]
-    optimizer.clip_stats = None  # type: ignore[attr-defined]
+    optimizer.clip_stats = None  # type: ignore[attr-defined]  # deprecated: last_stats()
+    optimizer.last_stats = types.MethodType(_last_stats, optimizer)  # type: ignore[attr-defined]
     optimizer.step = types.MethodType(_clipped_step, optimizer)  # type: ignore[method-assign]
     optimizer.register_state_dict_post_hook(_save_clipper)
     optimizer.register_load_state_dict_pre_hook(_load_clipper)
@@ -149,6 +152,18 @@ def fusable(optimizer: torch.optim.Optimizer) -> bool:
     return bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and all(
         g.get("fused") for g in optimizer.param_groups
     )
+
+
+def _last_stats(self: torch.optim.Optimizer) -> ClipStats:
+    """The :class:`gradclip.ClipStats` of the last ``step()`` (0-d tensors: no host read).
+
+    Raises:
+        ConfigError: ``step()`` has not run yet.
+    """
+    stats = self.__dict__.get("clip_stats")
+    if stats is None:
+        raise ConfigError("This optimizer has not stepped yet: call optimizer.step() first.")
+    return stats
 
 
 def _clipped_step(self: torch.optim.Optimizer, closure: Any = None) -> Any:

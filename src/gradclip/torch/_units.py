@@ -44,26 +44,24 @@ def unit_norms(policy: Any, names: list[str], params: list[torch.Tensor], grads:
             w_norms.append(None)
             continue
         axes = unit_axes(g.ndim, LAYOUT, policy.axis)
-        g_norms.append(_norm(g, axes, dtype))
-        w_norms.append(_norm(w.detach(), axes, dtype).to(g.device))
+        g_norms.append(norm(g, axes, dtype))
+        w_norms.append(norm(w.detach(), axes, dtype).to(g.device))
     return g_norms, w_norms
 
 
-def _norm(t: torch.Tensor, axes: tuple[int, ...] | None, dtype: torch.dtype) -> torch.Tensor:
+def norm(t: torch.Tensor, axes: tuple[int, ...] | None, dtype: torch.dtype) -> torch.Tensor:
+    """The L2 norm of each unit of ``t`` (kept dims), or of the whole tensor (``axes=None``)."""
     if axes is None:
         return torch.linalg.vector_norm(t, 2, dtype=dtype)
     return torch.linalg.vector_norm(t, 2, dim=axes, keepdim=True, dtype=dtype)
 
 
-def scale_units_(grads: list[torch.Tensor], coefs: list, g_norms: list, tensor_norms: torch.Tensor):
-    """Scale each unit in place; return ``(clipped, clipped_norm)`` (L2) computed from the norms."""
-    squares, hits = [], []
-    for i, (g, c) in enumerate(zip(grads, coefs)):
-        if c is None:
-            squares.append(tensor_norms[i].square())
-            continue
-        g.mul_(c)
-        squares.append((g_norms[i] * c).square().sum())
-        hits.append((c < 1).any())
-    clipped = torch.stack(hits).any() if hits else torch.zeros((), dtype=torch.bool, device=tensor_norms.device)
-    return clipped, torch.stack(squares).sum().sqrt()
+def scale_units_(grads: list[torch.Tensor], coefs: list) -> None:
+    """Multiply each gradient by its unit factors in place (``None``: leave that tensor unchanged).
+
+    The clipped norm and flag come from the unit norms (:func:`gradclip._apply.apply`), not from
+    a new pass over the gradients.
+    """
+    for g, c in zip(grads, coefs):
+        if c is not None:
+            g.mul_(c)
