@@ -85,7 +85,7 @@ def test_progress_line():
     ("argv", "needle"),
     [
         (["compare", "--task", "nope"], "Valid tasks: digits-lstm, regression"),
-        (["compare", "--method", "none,wat:2"], "Valid methods: adagc, agc, autoclip, maxhist, none, norm, pertensor, spikeguard, value, zclip"),
+        (["compare", "--method", "none,wat:2"], "Valid methods: adagc, agc, autoclip, blockrms, maxhist, none, norm, pertensor, spikeguard, value, zclip"),
         (["compare", "--method", "norm:1.0,colour=red"], "Valid keys for 'norm'"),
         (["compare", "--seeds", "a,b"], "comma-separated integers"),
     ],

@@ -51,6 +51,7 @@ def test_public_api_is_frozen():
         "AGC",
         "AdaGC",
         "AutoClip",
+        "BlockRMS",
         "Chain",
         "ClipStats",
         "ConfigError",

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import gradclip
 from gradclip import _validate
-from gradclip._policies import (AGC, AdaGC, AutoClip, Chain, GlobalNorm, MaxNormHistory, NoClip, PerTensorNorm,
+from gradclip._policies import (AGC, AdaGC, AutoClip, BlockRMS, Chain, GlobalNorm, MaxNormHistory, NoClip, PerTensorNorm,
                                 SpikeGuard, Value, ZClip, registry)
 from gradclip._policies._fixed import SEMANTICS
 from gradclip._policies._history import COEF_SEMANTICS
@@ -80,7 +80,8 @@ POLICIES = {
                        _ints(1), st.sampled_from(MODES), caps, st.booleans(), _reals(hi=1.0)),
     "adagc": st.builds(AdaGC, _reals(lo_open=True), st.floats(0.0, 1.0, exclude_max=True), _ints(1),
                        _reals(inf=True), _reals(hi=1.0)),
-    "agc": st.builds(AGC, _reals(lo_open=True), _reals(hi=1.0), excludes, axes),
+    "agc": st.builds(AGC, _reals(lo_open=True), _reals(hi=1.0), excludes, axes, st.sampled_from(["torch", "optax"])),
+    "blockrms": st.builds(BlockRMS, _reals(lo_open=True, inf=True)),
 }
 ANY_POLICY = st.one_of(*POLICIES.values())
 

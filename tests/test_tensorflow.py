@@ -231,3 +231,25 @@ def test_agc_exclusion_by_module_type_is_refused_not_ignored():
         gtf.Clipper(agc)
     with pytest.raises(gradclip.ConfigError, match="exclude"):
         gtf.clip([tf.constant([1.0])], agc)
+
+
+def test_blockrms_matches_reference_and_optax_semantics():
+    # BlockRMS (optax.clip_by_block_rms) through the generic step: within float32 rounding
+    grads = [np.array([3.0, 4.0, 0.0, 12.0], np.float32), np.zeros((2, 3), np.float32),
+             np.array([np.nan, 1.0], np.float32), np.array([np.inf, 1.0, 0.0], np.float32), np.array([], np.float32)]
+    out, stats = gtf.clip([tf.constant(g) for g in grads], gradclip.BlockRMS(0.5))
+    with np.errstate(invalid="ignore"):
+        expected = ref.block_rms(grads, 0.5)[0]
+    for o, e in zip(out, expected):
+        np.testing.assert_allclose(o.numpy(), e, rtol=3e-7, atol=1e-37)
+    assert bool(stats.clipped) and stats.coef is None
+
+
+def test_blockrms_measures_a_sparse_gradient_as_the_dense_tensor():
+    # the RMS is over the whole variable: rows an IndexedSlices does not store count as zeros
+    values = np.array([[3.0, 4.0], [6.0, 8.0]], np.float32)
+    sl = tf.IndexedSlices(tf.constant(values), tf.constant([0, 2], tf.int64), tf.constant([4, 2], tf.int64))
+    dense = np.zeros((4, 2), np.float32)
+    dense[[0, 2]] = values
+    out, _ = gtf.clip([sl], gradclip.BlockRMS(1.0))
+    np.testing.assert_allclose(tf.convert_to_tensor(out[0]).numpy(), ref.block_rms([dense], 1.0)[0][0], rtol=3e-7)

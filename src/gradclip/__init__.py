@@ -2,7 +2,8 @@
 
 The top-level package holds the framework-neutral core: the clipping policies (the "decide"
 step), ``ClipStats`` and the typed errors. It imports no deep-learning framework; the adapters do,
-one module per framework: ``gradclip.torch``.
+one module per framework: ``gradclip.torch``, ``gradclip.keras``, ``gradclip.tensorflow`` and
+``gradclip.jax``. ``gradclip.policy`` is the public contract for writing a policy of your own.
 
 Example:
     >>> import gradclip
@@ -25,6 +26,7 @@ from gradclip._policies import (
     AGC,
     AdaGC,
     AutoClip,
+    BlockRMS,
     Chain,
     GlobalNorm,
     MaxNormHistory,
@@ -46,6 +48,7 @@ __all__ = [
     "AGC",
     "AdaGC",
     "AutoClip",
+    "BlockRMS",
     "Chain",
     "ClipStats",
     "ConfigError",

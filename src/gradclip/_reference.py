@@ -115,6 +115,32 @@ def agc(grad: np.ndarray, param: np.ndarray, clip_factor: float, eps: float, axe
     return g
 
 
+def block_rms(grads: Sequence[np.ndarray], threshold: float) -> tuple[list[np.ndarray], list[float]]:
+    """optax ``clip_by_block_rms``: each array divided by ``max(1, rms / threshold)``; returns the RMSs.
+
+    ``rms = sqrt(mean(g**2))``, 0 for an empty array (optax's mean of nothing is NaN, which
+    divides nothing).
+    """
+    out, rmss = [], []
+    for g in _f64(grads):
+        rms = tensor_norm(g) / math.sqrt(max(g.size, 1))
+        with np.errstate(invalid="ignore"):
+            out.append(g / np.maximum(1.0, rms / threshold))
+        rmss.append(rms)
+    return out, rmss
+
+
+def optax_agc(grad: np.ndarray, param: np.ndarray, clip_factor: float, eps: float,
+              axes: tuple[int, ...] | None) -> np.ndarray:
+    """``optax.adaptive_grad_clip`` of one tensor: units with ``‖G‖ < λ·max(‖W‖, ε)`` are kept, others scaled."""
+    g = np.asarray(grad, dtype=np.float64)
+    w = np.asarray(param, dtype=np.float64)
+    gn = np.sqrt(np.sum(g * g, axis=axes, keepdims=True))
+    limit = clip_factor * np.maximum(np.sqrt(np.sum(w * w, axis=axes, keepdims=True)), eps)
+    with np.errstate(invalid="ignore"):
+        return np.where(gn < limit, g, g * (limit / np.maximum(gn, 1e-6)))
+
+
 def _history_coef(norm: float, threshold: float, semantics: str = "exact") -> float:
     """AutoClip/MaxNormHistory factor: ``threshold / norm`` only above the threshold (or torch's)."""
     if not np.isfinite(norm):

@@ -141,7 +141,7 @@ def _add_compare_parser(sub: Any) -> None:
                      help="comma-separated method specs (default: %(default)s; see 'methods' below)")
     cmp.add_argument("--seeds", type=int_list("0,1,2"), default=list(DEFAULT_SEEDS),
                      help=f"comma-separated seeds (default: {','.join(map(str, DEFAULT_SEEDS))})")
-    cmp.add_argument("--framework", default="torch", help="framework to train with: torch (default), keras or tensorflow")
+    cmp.add_argument("--framework", default="torch", help="framework to train with: torch (default), keras, tensorflow or jax")
     cmp.add_argument("--nproc", type=positive_int, default=1, metavar="N",
                      help=("train each run with DistributedDataParallel over N processes (gloo backend, CPU; "
                            "torch only). Same numbers as one process, up to rounding (default: 1)"))

@@ -6,7 +6,8 @@ from gradclip._policies._agc import AGC
 from gradclip._policies._chain import Chain, chain
 from gradclip._policies._fixed import GlobalNorm, NoClip, PerTensorNorm, Value
 from gradclip._policies._history import AutoClip, MaxNormHistory
+from gradclip._policies._rms import BlockRMS
 from gradclip._policies._spike import SpikeGuard
 from gradclip._policies._zclip import ZClip
 
-__all__ = ["AGC", "AdaGC", "AutoClip", "Chain", "Decision", "GlobalNorm", "MaxNormHistory", "Measurement", "NoClip", "PerTensorNorm", "Policy", "SpikeGuard", "Value", "ZClip", "chain", "registry"]
+__all__ = ["AGC", "AdaGC", "AutoClip", "BlockRMS", "Chain", "Decision", "GlobalNorm", "MaxNormHistory", "Measurement", "NoClip", "PerTensorNorm", "Policy", "SpikeGuard", "Value", "ZClip", "chain", "registry"]

@@ -15,12 +15,14 @@ from typing import Any
 
 from gradclip import _validate
 from gradclip._errors import ConfigError
-from gradclip._policies._base import Decision, Measurement, Policy
+from gradclip._policies._base import Decision, DecisionForm, Measurement, Policy
 
-__all__ = ["AGC", "names_only", "unit_axes"]
+__all__ = ["AGC", "names_only", "optax_unit_axes", "unit_axes"]
 
 #: Where the "unit" (output row, filter) sits in a weight, per framework.
 LAYOUTS = ("torch", "jax", "keras")
+#: Whose AGC arithmetic to reproduce: the paper's / timm's (default) or optax's.
+SEMANTICS = ("torch", "optax")
 GRAD_FLOOR = 1e-6
 
 
@@ -41,6 +43,37 @@ def unit_axes(ndim: int, layout: str, axis: int | Sequence[int] | None = None) -
     if axis is not None:
         return tuple(a % ndim for a in ((axis,) if isinstance(axis, int) else axis))
     return tuple(range(1, ndim)) if layout == "torch" else tuple(range(ndim - 1))
+
+
+def optax_unit_axes(shape: tuple[int, ...], axis: int | Sequence[int] | None = None) -> tuple[int, ...] | None:
+    """``optax.adaptive_grad_clip``'s unit axes (``optax.unitwise_norm``) for ``[..., in, out]`` kernels.
+
+    A tensor whose squeezed rank is <= 1 is one unit (a ``(1, n)`` kernel too); rank 2 and 3
+    (multi-head ``[in, heads, out]``) reduce axis 0; rank 4 ``(0, 1, 2)``; rank 5 ``(0, 1, 2, 3)``.
+    An explicit ``axis`` is used for every tensor, vectors included, as optax does.
+
+    Raises:
+        ConfigError: rank 6 or more without ``axis`` (optax has no rule for it), or an ``axis``
+            outside the tensor's rank.
+
+    Example:
+        >>> optax_unit_axes((3, 4, 5)), optax_unit_axes((1, 7)), optax_unit_axes((2, 3, 4, 5))
+        ((0,), None, (0, 1, 2))
+    """
+    ndim = len(shape)
+    if axis is not None:
+        axes = (axis,) if isinstance(axis, int) else tuple(axis)
+        if any(not -ndim <= a < ndim for a in axes):
+            raise ConfigError(f"AGC axis={axis!r} does not fit a tensor of shape {tuple(shape)}. Received: "
+                              f"a rank-{ndim} tensor. Exclude it (exclude=...) or pass axes within its rank.")
+        return tuple(a % ndim for a in axes)
+    if sum(d != 1 for d in shape) <= 1:  # jnp.squeeze(x).ndim <= 1
+        return None
+    rules = {2: (0,), 3: (0,), 4: (0, 1, 2), 5: (0, 1, 2, 3)}
+    if ndim not in rules:
+        raise ConfigError(f"AGC(semantics='optax') has unit rules for ranks 1 to 5, as optax. Received: a tensor "
+                          f"of shape {tuple(shape)}. Pass axis=... for it, or exclude it.")
+    return rules[ndim]
 
 
 @dataclass(frozen=True)
@@ -64,10 +97,19 @@ class AGC(Policy):
         axis: Unit axes override (an int or tuple of ints) for every tensor of rank >= 2;
             ``None`` uses the adapter's layout (torch ``[out, in, ...]``, JAX/Keras
             ``[..., in, out]``). In a spec string: ``axis=1`` or ``axis=0|1``.
+        semantics: Whose arithmetic to reproduce. ``"torch"`` (default): the paper's and
+            timm's, as above (a NaN unit norm gives NaN). ``"optax"``:
+            ``optax.adaptive_grad_clip``: a unit is left unchanged when ``‖G_i‖ < limit`` and
+            scaled otherwise (so a NaN norm scales by NaN), and in the JAX and Keras layouts the
+            unit axes follow optax's rank rule (:func:`optax_unit_axes`: rank 3 reduces axis 0
+            only, a ``(1, n)`` kernel is one unit, rank > 5 needs ``axis``; an explicit ``axis``
+            applies to vectors too). In the torch layout the axes stay torch's. Under
+            ``gradclip.jax.transform`` this is bit-identical to optax.
 
     Raises:
         ConfigError: ``clip_factor`` <= 0 or not finite, ``eps`` < 0, an ``exclude`` entry that is
-            neither a string nor a type, an ``axis`` that is not an int or a tuple of ints.
+            neither a string nor a type, an ``axis`` that is not an int or a tuple of ints, an
+            unknown ``semantics``.
 
     References:
         Brock et al., ICML 2021 (arXiv:2102.06171).
@@ -82,6 +124,7 @@ class AGC(Policy):
     eps: float = 1e-3
     exclude: tuple[Any, ...] = ()
     axis: Any = None
+    semantics: str = "torch"
 
     spec_name = "agc"
     spec_positional = "clip_factor"
@@ -111,6 +154,7 @@ class AGC(Policy):
                 )
         object.__setattr__(self, "exclude", exclude)
         object.__setattr__(self, "axis", _axis(self.axis))
+        _validate.choice("semantics", self.semantics, SEMANTICS)
 
     def spec(self) -> str:
         """The spec string; ``exclude`` and ``axis`` entries are joined with ``|`` (one token).
@@ -134,6 +178,21 @@ class AGC(Policy):
         patterns = [e for e in self.exclude if isinstance(e, str)]
         return name in module_names or any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
+    def axes_for(self, shape: tuple[int, ...], layout: str) -> tuple[int, ...] | None:
+        """Axes to reduce for one norm per unit of a tensor of ``shape`` (``None``: the whole tensor).
+
+        Example:
+            >>> AGC().axes_for((3, 4, 5), "jax"), AGC(semantics="optax").axes_for((3, 4, 5), "jax")
+            ((0, 1), (0,))
+        """
+        if self.semantics == "optax" and layout != "torch":
+            return optax_unit_axes(shape, self.axis)
+        return unit_axes(len(shape), layout, self.axis)
+
+    @property
+    def decision_form(self) -> DecisionForm:  # type: ignore[override]
+        return DecisionForm("units", "fixed", self.clip_factor)
+
     def decide(self, m: Measurement, state: dict[str, Any], ops: Any) -> tuple[Decision, dict[str, Any]]:
         coefs = []
         for g_norm, w_norm in zip(m.unit_norms, m.param_unit_norms):
@@ -141,6 +200,10 @@ class AGC(Policy):
                 coefs.append(None)
                 continue
             limit = self.clip_factor * ops.maximum(w_norm, self.eps)
+            if self.semantics == "optax":  # keep below the limit, else scale (NaN scales by NaN)
+                keep = ops.full_like(g_norm, 1.0)
+                coefs.append(ops.where(g_norm < limit, keep, limit / ops.maximum(g_norm, GRAD_FLOOR)))
+                continue
             trigger = g_norm > limit
             one = ops.propagate_nan(ops.full_like(g_norm, 1.0), g_norm)
             coefs.append(ops.where(trigger, limit / ops.maximum(g_norm, GRAD_FLOOR), one))
@@ -191,7 +254,7 @@ def names_only(policy: Policy, adapter: str) -> None:
         ConfigError: ``policy`` (or a chain member) excludes by type.
 
     Example:
-        >>> names_only(AGC(exclude=("head.*",)), "gradclip.keras.wrap")  # names pass
+        >>> names_only(AGC(exclude=("head.*",)), "gradclip.keras.clipped")  # names pass
     """
     types = [e for e in getattr(policy, "exclude", ()) if isinstance(e, type)]
     if types:

@@ -15,7 +15,7 @@ from typing import Any
 
 from gradclip import _validate
 from gradclip._errors import ConfigError
-from gradclip._policies._base import Decision, Measurement, Policy
+from gradclip._policies._base import Decision, DecisionForm, Measurement, Policy
 
 __all__ = ["GlobalNorm", "NoClip", "PerTensorNorm", "Value"]
 
@@ -80,6 +80,10 @@ class GlobalNorm(Policy):
         object.__setattr__(self, "norm_type", _validate.norm_type(self.norm_type))
         _validate.choice("semantics", self.semantics, SEMANTICS)
 
+    @property
+    def decision_form(self) -> DecisionForm:  # type: ignore[override]
+        return DecisionForm("coef", "fixed", self.max_norm)
+
     def decide(self, m: Measurement, state: dict[str, Any], ops: Any) -> tuple[Decision, dict[str, Any]]:
         coef = norm_coef(m.norm, self.max_norm, self.semantics, ops)
         return Decision(threshold=self.max_norm, coef=coef), state
@@ -120,6 +124,10 @@ class PerTensorNorm(Policy):
         object.__setattr__(self, "max_norm", _validate.threshold("max_norm", self.max_norm))
         object.__setattr__(self, "norm_type", _validate.norm_type(self.norm_type))
         _validate.choice("semantics", self.semantics, SEMANTICS)
+
+    @property
+    def decision_form(self) -> DecisionForm:  # type: ignore[override]
+        return DecisionForm("coefs", "fixed", self.max_norm)
 
     def decide(self, m: Measurement, state: dict[str, Any], ops: Any) -> tuple[Decision, dict[str, Any]]:
         n = m.tensor_norms
@@ -184,6 +192,10 @@ class Value(Policy):
             return (-self.clip_value, self.clip_value)
         return (self.min, self.max)
 
+    @property
+    def decision_form(self) -> DecisionForm:  # type: ignore[override]
+        return DecisionForm("clamp", "fixed", self.clip_value if self.clip_value is not None else self.bounds)
+
     def decide(self, m: Measurement, state: dict[str, Any], ops: Any) -> tuple[Decision, dict[str, Any]]:
         threshold = self.clip_value if self.clip_value is not None else self.bounds
         return Decision(threshold=threshold, clamp=self.bounds), state
@@ -202,6 +214,7 @@ class NoClip(Policy):
     norm_type: float = 2.0
 
     spec_name = "none"
+    decision_form = DecisionForm("none", "none")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm_type", _validate.norm_type(self.norm_type))

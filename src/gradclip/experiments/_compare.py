@@ -12,7 +12,7 @@ from gradclip._errors import ConfigError
 from gradclip._spec import parse_policy
 from gradclip.experiments._tasks import get_task
 
-FRAMEWORKS = ("torch", "keras", "tensorflow")
+FRAMEWORKS = ("torch", "keras", "tensorflow", "jax")
 DEFAULT_METHODS = ("none", "value:1.0", "norm:1.0")
 DEFAULT_SEEDS = (0, 1, 2)
 
@@ -57,8 +57,9 @@ def compare(
         methods: Method spec strings; each is checked before any training starts.
         seeds: Seeds; every method runs with each.
         framework: ``"torch"`` (``torch.optim.SGD`` + ``gradclip.torch.Clipper``), ``"keras"``
-            (``gradclip.keras.wrap(SGD)`` with ``train_on_batch``, on the configured Keras backend)
-            or ``"tensorflow"`` (a ``GradientTape`` loop with ``gradclip.tensorflow.Clipper``).
+            (``gradclip.keras.clipped(SGD)`` with ``train_on_batch``, on the configured Keras
+            backend), ``"tensorflow"`` (a ``GradientTape`` loop with ``gradclip.tensorflow.Clipper``)
+            or ``"jax"`` (one jitted step of ``gradclip.jax.guard(optax.sgd(...), policy)``).
         log_dir: When given, a per-step JSONL log per run is written there as
             ``<task>__<method>__seed<seed>.jsonl``.
         progress: Called as ``progress(done, total, method, seed)`` before each run and once at the end.
@@ -126,12 +127,13 @@ def _runner(framework: str) -> Any:
     """The runner module of a framework, with a clear error when the framework is not installed."""
     import importlib
 
-    package = {"torch": "torch", "keras": "keras", "tensorflow": "tensorflow"}[framework]
-    try:
-        importlib.import_module(package)
-    except ImportError as e:
-        raise ConfigError(f"--framework {framework} needs {package}, which is not installed ({e}). "
-                          f"Install it with: pip install 'gradclip[{framework}]'.") from None
+    packages = {"torch": ("torch",), "keras": ("keras",), "tensorflow": ("tensorflow",), "jax": ("jax", "optax")}
+    for package in packages[framework]:
+        try:
+            importlib.import_module(package)
+        except ImportError as e:
+            raise ConfigError(f"--framework {framework} needs {package}, which is not installed ({e}). "
+                              f"Install it with: pip install 'gradclip[{framework}]'.") from None
     return importlib.import_module(f"gradclip.experiments._{framework}")
 
 

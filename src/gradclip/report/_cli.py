@@ -46,7 +46,7 @@ def add_suggest_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--verify", nargs="?", const="auto", default=None, metavar="TASK",
                    help=("train with each candidate and rank by the loss reached: the task of a `gradclip compare` "
                          "log, or the built-in TASK given (regression, digits-lstm)"))
-    p.add_argument("--framework", default=None, choices=("torch", "keras", "tensorflow"),
+    p.add_argument("--framework", default=None, choices=("torch", "keras", "tensorflow", "jax"),
                    help="framework of the snippet and of --verify (default: the log's, else torch)")
     p.add_argument("--seeds", type=int_list("0,1"), default=[0], help="comma-separated seeds for --verify (default: 0)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")

@@ -119,6 +119,7 @@ class Clipper(tf.Module):
         self.stats_vars: dict[str, tf.Variable] | None = None
         self._names: tuple[str, ...] = ()
         self._threshold: Any = None
+        self._template: Any = None
 
     def __call__(self, grads: Sequence[Any], variables: Sequence[Any] | None = None) -> tuple[list[Any], ClipStats]:
         """Clip ``grads`` (``variables`` name them, and AGC reads them); return ``(grads, stats)``."""
@@ -133,6 +134,8 @@ class Clipper(tf.Module):
                 "gradients every step, or use one Clipper per set of variables.")
         state = {k: v.read_value() for k, v in self.state.items()}
         out, stats, new = _clip(self.policy, grads, variables, state, self.nonfinite, self.sparse)
+        _step.check_state(self.policy, self.state, new)  # static shapes: checked when traced
+        _step.check_outcome(self.policy, self._template, stats)
         for k, v in new.items():
             self.state[k].assign(tf.cast(v, self.state[k].dtype))
         for k, var in self.stats_vars.items():
@@ -176,7 +179,8 @@ class Clipper(tf.Module):
         acc = TFOps.acc_dtype([_values(g) for g in dense])
         shapes = [tuple(_values(g).shape) for g in dense]
         state, outcome = _step.initial_state(self.policy, shapes, self._names, acc.as_numpy_dtype)
-        if isinstance(outcome.threshold, (float, int, tuple)):
+        self._template = outcome
+        if isinstance(outcome.threshold, (float, int, tuple)):  # fixed: not a variable
             self._threshold = outcome.threshold
         with tf.init_scope():  # variables are created eagerly even inside tf.function
             self.state = {k: tf.Variable(np.asarray(v), trainable=False, name=_var_name(k)) for k, v in state.items()}
@@ -203,7 +207,7 @@ def _clip(policy: Policy, grads: Sequence[Any], variables: Sequence[Any] | None,
         false = tf.constant(False)
         return list(grads), ClipStats(norm=zero, clipped_norm=zero, coef=None, clipped=false, nonfinite=false,
                                       skipped=false, threshold=None, norm_type=policy.measure_norm_type), state
-    dense_needed = policy.needs_unit_norms
+    dense_needed = policy.needs_unit_norms or policy.needs_sizes  # unit norms, or the RMS over a whole tensor
     prepared = [_prepare(grads[i], sparse, dense_needed) for i in keep]
     values = [_values(g) for g in prepared]
     params = None if variables is None else [tf.convert_to_tensor(variables[i]) for i in keep]
