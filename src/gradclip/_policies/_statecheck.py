@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from gradclip._errors import StateDictError
+from gradclip._errors import ConfigError, StateDictError
 
 __all__ = ["FORMAT_VERSION", "Problem", "check", "check_step", "check_values", "check_version"]
 
@@ -307,3 +307,44 @@ def _message(policy: Any, problems: list[Problem], at_step: bool = False, restor
                 "parameters, or start this policy afresh.")
     return (f"This state does not fit the policy {policy.spec()!r}:\n{lines}\nNothing was loaded. Load the state "
             "saved with this policy, or pass strict=False to keep the arrays that fit and reset the others.")
+
+
+def identity(policy: Any) -> str:
+    """The policy's spec string, or its repr when it has none (AGC excluding by module type)."""
+    try:
+        return policy.spec()
+    except ConfigError:
+        return repr(policy)
+
+
+def check_spec(saved: Any, policy: Any, strict: bool, *, what: str = "Clipper") -> None:
+    """Raise unless ``saved`` is this policy's spec (strict), or one of the same classes (not strict).
+
+    Args:
+        saved: The ``"policy"`` entry of a state dict.
+        policy: The policy the state is loaded into.
+        strict: As in ``Clipper.load_state_dict``.
+        what: What runs the policy, for the message (``"Clipper"``, ``"transformation"``).
+
+    Raises:
+        StateDictError: the state was saved by another policy.
+    """
+    if saved == identity(policy):
+        return
+    if not strict and isinstance(saved, str):
+        from gradclip._spec import parse_policy
+
+        try:
+            other = parse_policy(saved)
+        except ValueError:
+            other = None
+        kinds = lambda p: [type(m) for m in p.members()]  # noqa: E731
+        if other is not None and kinds(other) == kinds(policy):
+            return
+    hint = (" An unbounded AutoClip history is bounded outside torch (history=...): save it from "
+            "AutoClip(window=N) to move its state between frameworks." if "autoclip" in str(saved) else "")
+    raise StateDictError(
+        f"This state dict was saved with policy {saved!r}, but this {what} runs {identity(policy)!r}. Build the "
+        f"{what} with the same policy" + ("." if not strict else ", or pass strict=False to load the state of "
+                                          "another spec of the same policy class (changed hyper-parameters).") + hint
+    )

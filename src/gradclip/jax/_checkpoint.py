@@ -21,7 +21,6 @@ import numpy as np
 
 from gradclip._errors import ConfigError, StateDictError
 from gradclip._policies import Policy, _statecheck
-from gradclip._spec import parse_policy
 from gradclip.jax._read import host_leaves
 from gradclip.jax._state import ClipState, GuardState, find
 
@@ -59,7 +58,7 @@ def state_dict(opt_state: Any) -> dict[str, Any]:
         raise ConfigError(f"state_dict saves one run, and this state holds a batch of {count.shape[0]} (a vmap-ed "
                           "state). Received: a batched state. Save one run: jax.tree.map(lambda x: x[i], opt_state).")
     state = {k: v.astype(np.int64) if v.dtype.kind in "iu" else np.array(v) for k, v in zip(keys, values[:-1])}
-    return {"version": _statecheck.FORMAT_VERSION, "policy": _identity(clip.info.policy), "steps": int(count),
+    return {"version": _statecheck.FORMAT_VERSION, "policy": _statecheck.identity(clip.info.policy), "steps": int(count),
             "state": state}
 
 
@@ -118,7 +117,7 @@ def load_state_dict(opt_state: Any, state_dict: dict[str, Any], strict: bool = T
     drop = {p.key for p in problems}
     if drop or reset:
         warnings.warn(f"load_state_dict(strict=False) reset the state arrays {sorted(set(reset) | drop)} of "
-                      f"{_identity(policy)!r} to their initial values (they do not fit this policy); the others were "
+                      f"{_statecheck.identity(policy)!r} to their initial values (they do not fit this policy); the others were "
                       "kept.", stacklevel=2)
     new = {k: jnp.asarray(kept[k].astype(current[k].dtype)) if k in kept and k not in drop else clip.policy[k]
            for k in keys}
@@ -149,29 +148,8 @@ def _checked_format(state_dict: Any, policy: Policy, strict: bool) -> tuple[int,
     if not isinstance(state, dict) or isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps < 2**31:
         raise StateDictError("A gradclip state dict has an int 'steps' >= 0 (< 2**31) and a dict 'state'. Received: "
                              f"steps={steps!r}, state of type {type(state).__name__}.")
-    _check_spec(state_dict["policy"], policy, strict)
+    _statecheck.check_spec(state_dict["policy"], policy, strict, what="transformation")
     return steps, state
-
-
-def _check_spec(saved: Any, policy: Policy, strict: bool) -> None:
-    """The saved spec is this policy's (strict), or one of the same policy classes (not strict)."""
-    if saved == _identity(policy):
-        return
-    if not strict and isinstance(saved, str):
-        try:
-            other = parse_policy(saved)
-        except ValueError:
-            other = None
-        kinds = lambda p: [type(m) for m in p.members()]
-        if other is not None and kinds(other) == kinds(policy):
-            return
-    hint = (" An unbounded AutoClip history is bounded here (history=...): build the saving Clipper with "
-            "AutoClip(window=N) to move its state between frameworks." if "autoclip" in str(saved) else "")
-    raise StateDictError(
-        f"This state dict was saved with policy {saved!r}, but this transformation runs {_identity(policy)!r}. Build "
-        "it with the same policy" + ("." if not strict else ", or pass strict=False to load the state of another "
-                                     "spec of the same policy class (changed hyper-parameters).") + hint
-    )
 
 
 def _host(key: str, value: Any) -> np.ndarray:
@@ -188,14 +166,7 @@ def _host(key: str, value: Any) -> np.ndarray:
     return out
 
 
-def _identity(policy: Policy) -> str:
-    try:
-        return policy.spec()
-    except ConfigError:
-        return repr(policy)
-
-
 def _message(policy: Policy, problems: list[Any]) -> str:
     lines = "\n".join(p.describe() for p in problems)
-    return (f"This state does not fit the policy {_identity(policy)!r} on these leaves:\n{lines}\nNothing was "
+    return (f"This state does not fit the policy {_statecheck.identity(policy)!r} on these leaves:\n{lines}\nNothing was "
             "loaded. Load a state saved with the same parameters, or pass strict=False to reset what does not fit.")

@@ -256,7 +256,7 @@ class Clipper:
             values, saveable with ``torch.save`` next to the model and optimizer state).
         """
         state = {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in (self._state or {}).items()}
-        return {"version": _statecheck.FORMAT_VERSION, "policy": _identity(self.policy), "steps": self.steps,
+        return {"version": _statecheck.FORMAT_VERSION, "policy": _statecheck.identity(self.policy), "steps": self.steps,
                 "state": state}
 
     def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> None:
@@ -298,7 +298,7 @@ class Clipper:
         """
         steps, state, reset = self._checked(state_dict, strict)
         if reset:
-            warnings.warn(f"load_state_dict(strict=False) reset the state arrays {reset} of {_identity(self.policy)!r} "
+            warnings.warn(f"load_state_dict(strict=False) reset the state arrays {reset} of {_statecheck.identity(self.policy)!r} "
                           "to their initial values (they do not fit this policy); the others were kept.", stacklevel=2)
         self.steps = steps
         self._state = state or None
@@ -322,7 +322,7 @@ class Clipper:
                 "A Clipper state dict has an int 'steps' >= 0 and a dict 'state'. Received: "
                 f"steps={steps!r}, state of type {type(state).__name__}."
             )
-        _check_spec(state_dict["policy"], self.policy, strict)
+        _statecheck.check_spec(state_dict["policy"], self.policy, strict)
         arrays = {k: _to_numpy(k, v) for k, v in state.items()}
         kept, reset = _statecheck.check(self.policy, arrays, strict=strict)
         device = next((v.device for v in state.values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
@@ -330,33 +330,6 @@ class Clipper:
                else torch.from_numpy(np.array(v, copy=True)).to(device)
                for k, v in kept.items()}
         return int(steps), out, reset
-
-
-def _identity(policy: Policy) -> str:
-    """The policy's spec string, or its repr when it has none (AGC excluding by module type)."""
-    try:
-        return policy.spec()
-    except ConfigError:
-        return repr(policy)
-
-
-def _check_spec(saved: Any, policy: Policy, strict: bool) -> None:
-    """The saved spec is this policy's (strict), or one of the same class (not strict)."""
-    if saved == _identity(policy):
-        return
-    if not strict and isinstance(saved, str):
-        try:
-            other = parse_policy(saved)
-        except ValueError:
-            other = None
-        kinds = lambda p: [type(m) for m in p.members()]  # noqa: E731
-        if other is not None and kinds(other) == kinds(policy):
-            return
-    raise StateDictError(
-        f"This state dict was saved with policy {saved!r}, but this Clipper runs {_identity(policy)!r}. Build the "
-        "Clipper with the same policy" + ("." if not strict else ", or pass strict=False to load the state of "
-                                          "another spec of the same policy class (changed hyper-parameters).")
-    )
 
 
 def _to_numpy(key: str, value: Any) -> Any:
