@@ -39,6 +39,7 @@ References:
 
 from gradclip.jax._checkpoint import load_state_dict, state_dict
 from gradclip.jax._guard import clipped, guard
+from gradclip.jax._private import PrivateAggregateState, per_example_clip, private_aggregate
 from gradclip.jax._read import GuardStats, stats
 from gradclip.jax._state import ClipState, GuardState, LeafInfo, StepStats
 from gradclip.jax._transform import transform
@@ -48,10 +49,13 @@ __all__ = [
     "GuardState",
     "GuardStats",
     "LeafInfo",
+    "PrivateAggregateState",
     "StepStats",
     "clipped",
     "guard",
     "load_state_dict",
+    "per_example_clip",
+    "private_aggregate",
     "state_dict",
     "stats",
     "transform",
