@@ -25,7 +25,8 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
 
     Booleans become 0/1; missing, null and list values (per-tensor thresholds) are left out, so
     a dashboard never receives NaN. Per-layer gradient norms appear as ``grad/norm/<name>`` when
-    the record holds layers.
+    the record holds layers; differential privacy values (the record's ``dp``) as ``dp/<key>``
+    (``dp/fraction_clipped``, ``dp/norm_p50``, ``dp/clip``, ``dp/epsilon``, ...).
 
     Example:
         >>> scalars({"step": 3, "norm": 2.0, "clipped": True, "layers": {"fc.weight": {"grad_norm": 1.5}}})
@@ -36,6 +37,10 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
         value = record.get(key)
         if isinstance(value, (bool, int, float)) and math.isfinite(float(value)):
             out[name] = float(value)
+    dp = record.get("dp")
+    for key, value in (dp.items() if isinstance(dp, dict) else ()):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[f"dp/{key}"] = float(value)
     for layer, detail in (record.get("layers") or {}).items():
         value = (detail or {}).get("grad_norm")
         if isinstance(value, (int, float)) and math.isfinite(value):

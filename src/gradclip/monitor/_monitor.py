@@ -13,10 +13,10 @@ from gradclip._errors import ConfigError, InputTypeError
 from gradclip._stats import ClipStats
 from gradclip.monitor._delivery import DEFAULT_MAX_FAILURES, Delivery
 from gradclip.monitor._reader import path_label
-from gradclip.monitor._record import clean, step_value
+from gradclip.monitor._record import clean, dp_values, step_value
 from gradclip.monitor._sinks import CsvSink, JsonlSink, Sink, open_sink
 from gradclip.monitor._spike import SpikeDetector
-from gradclip.monitor._steps import StatsStep, fetch, layers, patterns, selected
+from gradclip.monitor._steps import PrivacyOnlyStep, StatsStep, fetch, layers, patterns, selected
 
 __all__ = ["Monitor"]
 
@@ -34,7 +34,9 @@ class Monitor:
     parameter order, the first one first, with shape and NaN/Inf counts) and ``layers``
     (``{name: {"grad_norm", "param_norm", "update_ratio"}}`` or null). Dashboards get the
     Lightning names ``grad/norm_total``, ``grad/norm_total_clipped``, ``grad/norm/<name>``,
-    ``grad/threshold``, ``grad/clipped``, ``grad/skipped``, ``loss``, ``lr``.
+    ``grad/threshold``, ``grad/clipped``, ``grad/skipped``, ``loss``, ``lr``. A DP-SGD step
+    (``privacy=``) adds ``dp``: ``{"fraction_clipped", "norm_p10", "norm_p50", "norm_p90",
+    "clip", "epsilon"}`` (scalars ``dp/<key>``, CSV columns ``dp.<key>``).
 
     Cost, written down. With ``clip_stats`` the global values are the Clipper's (no pass over
     the gradients); without it, one foreach norm pass. Per-layer gradient norms are the
@@ -177,7 +179,7 @@ class Monitor:
         return f"Monitor(sinks={[getattr(s, 'spec', s) for s in self.sinks]!r}, per_layer={self.per_layer!r})"
 
     def step(self, parameters: Any = None, *, clip_stats: ClipStats | None = None, loss: Any = None,
-             lr: Any = None, epoch: int | None = None) -> dict[str, Any] | None:
+             lr: Any = None, epoch: int | None = None, privacy: Any = None) -> dict[str, Any] | None:
         """Record one optimizer step (call after ``clipper.step``, before ``optimizer.step``).
 
         Args:
@@ -189,22 +191,35 @@ class Monitor:
             lr: The learning rate (number or tensor).
             epoch: The epoch (an int, or a float for a fractional epoch), written into the
                 record when given.
+            privacy: For DP-SGD: the step's :class:`gradclip.privacy.PrivacyStats`
+                (``private_step.last_stats()``, after ``private_step.step()``), the
+                ``PrivateStep`` itself (its ``last_stats()`` is read), or a mapping of
+                :data:`gradclip.monitor._record.DP_KEYS`. Written as the record's ``dp``
+                object. Alone (no ``parameters``, no ``clip_stats``) the record holds no global
+                norm (per-example clipping has none): ``threshold`` is ``C`` and ``clipped``
+                says whether any example was clipped.
 
         Returns:
             This step's record (a JSON-safe dict) when it was written now, else ``None``
             (buffered until the next flush).
 
         Raises:
-            ConfigError: neither ``parameters`` nor ``clip_stats``, or the monitor is closed.
+            ConfigError: none of ``parameters``, ``clip_stats`` and ``privacy``, or the monitor is closed.
             InputTypeError: ``parameters`` of a type no adapter accepts, or a ``loss``/``lr``/
-                ``epoch`` that is not one real number (nothing is recorded for the step then).
+                ``epoch`` that is not one real number, or a ``privacy`` that is not one of the
+                forms above (nothing is recorded for the step then).
             SinkError: a sink failed ``max_sink_failures`` times in a row (the record was given
                 to every sink first; the monitor keeps going if the error is caught).
         """
         if self._closed:
             raise ConfigError("This Monitor is closed; create a new one to keep recording.")
         values = step_value("epoch", epoch), step_value("loss", loss), step_value("lr", lr)
-        probe = self._probe(parameters, clip_stats)
+        dp = None if privacy is None else dp_values(privacy)
+        if dp is not None and parameters is None and clip_stats is None:
+            stats = privacy.last_stats() if callable(getattr(privacy, "last_stats", None)) else privacy
+            probe: Any = PrivacyOnlyStep(dp, getattr(stats, "batch_size", None))
+        else:
+            probe = self._probe(parameters, clip_stats)
         with self._lock:
             if self._closed:
                 raise ConfigError("This Monitor is closed; create a new one to keep recording.")
@@ -212,7 +227,8 @@ class Monitor:
                 self.flush_every = 1 if probe.device == "cpu" else ACCELERATOR_FLUSH_EVERY
             eager = self.flush_every == 1
             entry: dict[str, Any] = {"step": self.steps, "values": values, "scalars": probe.scalars(),
-                                     "offenders": probe.offenders(eager), "layers": None}
+                                     "offenders": probe.offenders(eager), "layers": None, "dp": dp,
+                                     "omitted": getattr(probe, "omitted", ())}
             if self.per_layer is True or (self.per_layer == "on_anomaly" and not eager):
                 entry["layers"] = probe.layers(self._kept(probe.names))
             self.steps += 1
@@ -366,6 +382,10 @@ class Monitor:
             offenders=[{"name": o.name, "shape": list(o.shape), "nan": o.nan_count, "inf": o.inf_count} for o in offenders],
             layers=layers(names, grad_norms, param_norms, lr, coef, bool(skipped)) if names is not None else None,
         )
+        for key in entry.get("omitted", ()):
+            del record[key]
+        if entry.get("dp") is not None:
+            record["dp"] = entry["dp"]
         if record["loss"] is not None and math.isfinite(record["loss"]):
             self._losses = [*self._losses[:1], record["loss"]]
         elif loss is not None:

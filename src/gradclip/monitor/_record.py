@@ -20,6 +20,13 @@ Keys:
     layers (dict[str, dict]): per-tensor detail when recorded:
         ``{name: {"grad_norm", "param_norm", "update_ratio"}}`` (any may be null).
     run (str): a run label, when several runs share a file.
+    dp (dict): differential privacy, when ``Monitor.step(privacy=...)`` got a
+        :class:`gradclip.privacy.PrivacyStats` (or ``gradclip compare --task dp-digits`` ran):
+        ``{"fraction_clipped", "norm_p10", "norm_p50", "norm_p90", "clip", "epsilon"}``: the share
+        of the step's examples whose gradient was scaled down, the 10th/50th/90th percentile of
+        the per-example gradient norms before clipping, the bound ``C`` used (it moves with
+        adaptive clipping), and the privacy spent so far (null without ``delta``). CSV columns
+        and dashboard scalars name them ``dp.<key>`` and ``dp/<key>``.
 """
 
 from __future__ import annotations
@@ -30,11 +37,72 @@ from typing import Any
 
 from gradclip._errors import InputTypeError
 
-#: Scalar keys in the order writers emit them (CSV columns).
+#: Keys of a record's ``dp`` object, in the order writers emit them.
+DP_KEYS = ("fraction_clipped", "norm_p10", "norm_p50", "norm_p90", "clip", "epsilon")
+
+#: Scalar keys in the order writers emit them (CSV columns); ``dp.KEY`` is ``record["dp"][KEY]``.
 SCALAR_KEYS = (
     "step", "epoch", "loss", "lr", "norm", "clipped_norm", "threshold", "coef", "clipped", "skipped",
-    "nonfinite", "spike",
+    "nonfinite", "spike", *(f"dp.{key}" for key in DP_KEYS),
 )
+
+
+def scalar(record: dict[str, Any], key: str) -> Any:
+    """The value of a :data:`SCALAR_KEYS` column in a record (``dp.KEY`` reads the ``dp`` object).
+
+    Example:
+        >>> scalar({"step": 3, "dp": {"clip": 1.0}}, "dp.clip"), scalar({"step": 3}, "dp.clip")
+        (1.0, None)
+    """
+    if key.startswith("dp."):
+        dp = record.get("dp")
+        return dp.get(key[3:]) if isinstance(dp, dict) else None
+    return record.get(key)
+
+
+def dp_values(privacy: Any) -> dict[str, Any]:
+    """The record's ``dp`` object from a :class:`gradclip.privacy.PrivacyStats` (or a mapping of :data:`DP_KEYS`).
+
+    Args:
+        privacy: A ``PrivacyStats`` (``PrivateStep.last_stats()``), an object with a
+            ``last_stats()`` method (a ``PrivateStep``), or a mapping holding the keys of
+            :data:`DP_KEYS` (``epsilon`` may be missing).
+
+    Returns:
+        ``{"fraction_clipped", "norm_p10", "norm_p50", "norm_p90", "clip", "epsilon"}`` as Python
+        floats (``None`` for NaN/Inf and for a missing ``epsilon``).
+
+    Raises:
+        InputTypeError: anything else, or a value that is not a real number (nothing is recorded).
+
+    Example:
+        >>> dp_values({"fraction_clipped": 0.25, "norm_p10": 0.5, "norm_p50": 1.0, "norm_p90": 2.0, "clip": 1.0})
+        {'fraction_clipped': 0.25, 'norm_p10': 0.5, 'norm_p50': 1.0, 'norm_p90': 2.0, 'clip': 1.0, 'epsilon': None}
+    """
+    if callable(getattr(privacy, "last_stats", None)):
+        privacy = privacy.last_stats()
+        if privacy is None:
+            raise InputTypeError("Monitor.step(privacy=...) got a PrivateStep before its first step(); call "
+                                 "Monitor.step after PrivateStep.step() (nothing was recorded for this step).")
+    if isinstance(privacy, dict):
+        missing = [k for k in DP_KEYS[:-1] if k not in privacy]
+        if missing:
+            raise InputTypeError(f"Monitor.step(privacy=...) takes a mapping with the keys {list(DP_KEYS)}; "
+                                 f"received one without {missing} (nothing was recorded for this step).")
+        raw = {k: privacy.get(k) for k in DP_KEYS}
+    elif all(hasattr(privacy, a) for a in ("fraction_clipped", "norm_p10", "norm_p50", "norm_p90", "max_grad_norm")):
+        raw = {"fraction_clipped": privacy.fraction_clipped, "norm_p10": privacy.norm_p10,
+               "norm_p50": privacy.norm_p50, "norm_p90": privacy.norm_p90, "clip": privacy.max_grad_norm,
+               "epsilon": getattr(privacy, "epsilon", None)}
+    else:
+        raise InputTypeError("Monitor.step(privacy=...) takes a gradclip.privacy.PrivacyStats (PrivateStep.last_stats()), "
+                             f"a PrivateStep, or a mapping of {list(DP_KEYS)}. Received: {type(privacy).__name__} "
+                             "(nothing was recorded for this step).")
+    out = {}
+    for key, value in raw.items():
+        value = step_value(f"privacy.{key}", value)
+        out[key] = clean(float(value)) if value is not None else None
+    return out
 
 
 def clean(value: Any) -> Any:

@@ -27,7 +27,7 @@ from typing import Any
 
 from gradclip._errors import ConfigError, GradclipError
 from gradclip.monitor._metrics import scalars
-from gradclip.monitor._record import SCALAR_KEYS
+from gradclip.monitor._record import SCALAR_KEYS, scalar
 
 __all__ = ["Sink", "SinkError", "SinkWarning", "open_sink"]
 
@@ -204,7 +204,8 @@ class CsvSink(_FileSink):
     Every opening writes the header line, and an existing non-empty file is appended to
     (``overwrite=True`` truncates it): a CSV written by several runs holds one header line per
     run, and a row equal to the header starts the next run. CSV columns have no room for the
-    JSONL sink's start/end event records, so the header line is the run mark.
+    JSONL sink's start/end event records, so the header line is the run mark. The columns
+    ``dp.fraction_clipped`` ... ``dp.epsilon`` hold the record's ``dp`` object (empty without one).
     """
 
     def __init__(self, spec: str, path: str, *, overwrite: bool = False) -> None:
@@ -215,7 +216,7 @@ class CsvSink(_FileSink):
     def write(self, record: dict[str, Any]) -> None:
         cells = []
         for key in SCALAR_KEYS:
-            cell = _cell(record.get(key))
+            cell = _cell(scalar(record, key))
             cells.append('"' + cell.replace('"', '""') + '"' if ("," in cell or '"' in cell) else cell)
         self._append((",".join(cells) + "\n").encode())
 

@@ -14,7 +14,7 @@ from typing import Any
 from gradclip._errors import ConfigError
 from gradclip._stats import ClipStats, _scalar
 
-__all__ = ["StatsStep", "fetch", "layers", "patterns", "selected"]
+__all__ = ["PrivacyOnlyStep", "StatsStep", "fetch", "layers", "patterns", "selected"]
 
 
 class StatsStep:
@@ -40,6 +40,35 @@ class StatsStep:
             return [], None, None
         norms = [float(v) for v in _host_list(self.stats.tensor_norms)]
         return [self.names[i] for i in keep], [norms[i] for i in keep], None
+
+
+class PrivacyOnlyStep:
+    """A DP-SGD step known only by its privacy statistics (``Monitor.step(privacy=...)`` alone).
+
+    The per-example clipping has no global pre-clip norm, so the record leaves out ``norm``,
+    ``clipped_norm`` and ``coef`` (missing, not null: null would read as non-finite); ``threshold``
+    is ``C``, ``clipped`` says whether any example was clipped and ``nonfinite`` whether the
+    per-example norms of a non-empty batch held NaN/Inf. The rest is in the record's ``dp``.
+    """
+
+    device = "cpu"
+    names: tuple[str, ...] = ()
+    omitted = ("norm", "clipped_norm", "coef")
+
+    def __init__(self, dp: dict[str, Any], batch_size: int | None) -> None:
+        self.dp = dp
+        quantiles = [dp[k] for k in ("norm_p10", "norm_p50", "norm_p90")]
+        self.nonfinite = batch_size != 0 and any(q is None for q in quantiles)
+
+    def scalars(self) -> dict[str, Any]:
+        return {"norm": None, "clipped_norm": None, "threshold": self.dp["clip"], "coef": None,
+                "clipped": bool(self.dp["fraction_clipped"]), "skipped": False, "nonfinite": self.nonfinite}
+
+    def offenders(self, exact: bool) -> Any:
+        return ()
+
+    def layers(self, keep: Sequence[int]) -> tuple[list[str], None, None]:
+        return [], None, None
 
 
 def _host_list(values: Any) -> list[Any]:

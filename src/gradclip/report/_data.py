@@ -19,6 +19,7 @@ from gradclip._errors import InputTypeError
 from gradclip._outcome import OUTCOMES, classify
 from gradclip.monitor import RunLog
 from gradclip.monitor._spike import SpikeDetector
+from gradclip.report._dp import dp_columns
 from gradclip.report._groups import is_global_norm_policy, method_of, policy_of
 from gradclip.report._text import value_text
 
@@ -126,6 +127,9 @@ class Series:
         end: The run's ``{"event": "end"}`` record, or ``None``.
         spikes_logged: The spike flags come from the log (else from the detector).
         spikes_judged: At least one finite norm had enough history to be judged.
+        dp: ``{key: array}`` of the records' ``dp`` objects (:func:`gradclip.report._dp.dp_columns`:
+            fraction clipped, per-example norm p10/p50/p90, bound ``C``, epsilon), or ``None``
+            when no record has one.
     """
 
     label: str
@@ -149,6 +153,7 @@ class Series:
     end: dict[str, Any] | None = None
     spikes_logged: bool = False
     spikes_judged: bool = True
+    dp: dict[str, np.ndarray] | None = None
 
     @property
     def global_threshold(self) -> bool:
@@ -274,6 +279,7 @@ def series(log: RunLog) -> Series:
         nonfinite=nonfinite, skipped=flag("skipped"), first_offender=first, layers=_layers(recs),
         truncated=log.truncated, method=method_of(log), policy=policy_of(log),
         outcome=_outcome(log, loss, nonfinite), end=log.end, spikes_logged=logged, spikes_judged=judged,
+        dp=dp_columns(recs),
     )
 
 

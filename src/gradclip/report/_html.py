@@ -8,6 +8,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from gradclip._outcome import count_text, describe
 from gradclip.monitor import RunLog
 from gradclip.report import _plots
@@ -19,6 +21,7 @@ from gradclip.report._data import (
     summarize,
     summarize_methods,
 )
+from gradclip.report._dp import dp_runs, dp_summary
 from gradclip.report._groups import Group, group_runs, method_of
 from gradclip.report._text import display_label
 
@@ -146,6 +149,52 @@ _NOTES = ("Optimizer steps: steps whose update was applied; logged steps: record
           "(gradclip compare); last finite batch loss: the last finite loss the log recorded.")
 
 
+def _num(value: float | None) -> str:
+    return "-" if value is None else format(value, ".3g")
+
+
+def dp_table_html(methods: Sequence[dict[str, Any]]) -> str:
+    """Render :func:`gradclip.report._dp.dp_summary` rows: final epsilon, % of examples clipped, ``C``."""
+    head = "".join(f'<th class="{c}">{html.escape(h)}</th>' for h, c in (
+        ("method", "l"), ("runs", ""), ("final \u03b5 (median)", ""), ("\u03b5 min-max", ""),
+        ("mean % of examples clipped", ""), ("C first \u2192 last", ""), ("median per-example norm", "")))
+    body = []
+    for m in methods:
+        spread = "-" if m["epsilon_min"] is None or m["epsilon_min"] == m["epsilon_max"] else \
+            f"{_num(m['epsilon_min'])} \u2013 {_num(m['epsilon_max'])}"
+        pct = "-" if m["fraction_clipped_pct"] is None else f"{m['fraction_clipped_pct']:.1f}"
+        clip = _num(m["clip_first"]) if m["clip_first"] == m["clip_last"] else \
+            f"{_num(m['clip_first'])} \u2192 {_num(m['clip_last'])}"
+        cells = [(m["method"], "text"), (str(m["runs"]), "int"), (_num(m["final_epsilon"]), "num"), (spread, "num"),
+                 (pct, "pct"), (clip, "num"), (_num(m["norm_p50"]), "num")]
+        body.append("<tr>" + "".join(_td(t, k) for t, k in cells) + "</tr>")
+    return f'<table id="dp-table"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+_DP_NOTE = ("DP-SGD clips each example's gradient to norm C before the noisy sum. % of examples clipped: share of "
+            "a step's examples whose gradient norm exceeded C (mean over steps, then over seeds). Per-example norms "
+            "are before clipping; C moves when it is learned (adaptive clipping). \u03b5: privacy spent so far, at "
+            "the \u03b4 the run chose (empty when the run gave no \u03b4).")
+
+
+def _dp_section(runs: Sequence[Any]) -> str | None:
+    """The "Differential privacy" section, or ``None`` when no run carries ``dp`` records."""
+    if not dp_runs(runs):
+        return None
+    from gradclip.report import _dp_plots
+
+    parts = ['<section id="dp"><h2>Differential privacy</h2>', dp_table_html(dp_summary(runs)),
+             f'<p class="meta">{html.escape(_DP_NOTE)}</p>']
+    for key, png, caption in (
+            ("dp-clipped", _dp_plots.fraction_clipped_plot(runs), "% of each step's examples clipped, per method"),
+            ("dp-norms", _dp_plots.norm_quantiles_plot(runs), ("Per-example gradient norm quantiles p10/p50/p90 "
+             "(before clipping) and the clip bound C, one panel per method (log scale)")),
+            ("dp-epsilon", _dp_plots.epsilon_plot(runs), "Privacy spent so far (\u03b5) against the step")):
+        if png is not None:
+            parts.append(_figure(key, png, caption))
+    return "".join(parts) + "</section>"
+
+
 def render_html(logs: Sequence[RunLog], title: str) -> str:
     """The report page for already-read logs (see :func:`build_report`)."""
     runs = [series(log) for log in logs]
@@ -165,14 +214,18 @@ def render_html(logs: Sequence[RunLog], title: str) -> str:
                      + methods_table_html(summarize_methods(rows)) + notes + "</section>")
     else:
         parts.append(f'<section id="summary-section"><h2>Summary</h2>{runs_table}</section>')
-    parts.append('<section id="norm"><h2>Global gradient norm</h2>'
-                 + _figure("norm", _plots.norm_plot(runs), "Pre-clip global norm (solid), post-clip (dashed) and "
-                           "global-norm threshold (dotted), one colour per method; spikes (down triangles); a "
-                           "triangle on the top edge marks a run that left the range or became non-finite")
-                 + "</section>")
+    dp = _dp_section(runs)
+    if dp is None or any(np.isfinite(s.norm).any() for s in runs):  # DP-only logs have no global norm
+        parts.append('<section id="norm"><h2>Global gradient norm</h2>'
+                     + _figure("norm", _plots.norm_plot(runs), "Pre-clip global norm (solid), post-clip (dashed) and "
+                               "global-norm threshold (dotted), one colour per method; spikes (down triangles); a "
+                               "triangle on the top edge marks a run that left the range or became non-finite")
+                     + "</section>")
     loss = _plots.loss_plot(runs)
     if loss is not None:
         parts.append('<section id="loss"><h2>Loss</h2>' + _figure("loss", loss, "Batch loss over steps") + "</section>")
+    if dp is not None:
+        parts.append(dp)
     rate, sentence = _plots.clip_rate_plot(runs), _plots.clip_rate_sentence(runs)
     if rate is not None:
         parts.append('<section id="clip-rate"><h2>Clip rate</h2>'
