@@ -47,14 +47,17 @@ def compare_table(result: dict[str, Any]) -> str:
     from gradclip._outcome import count_text, describe
 
     acc = any(r.get("test_accuracy") is not None for r in result["runs"])
+    eps = any("epsilon" in r for r in result["runs"])  # a DP task: epsilon at the run's delta
     rows = []
     for r in result["runs"]:
         rows.append([
             r["method"], str(r["seed"]), _fmt(r["initial_loss"]), _fmt(r["final_loss"]), _outcome_cell(r),
-            *([_fmt(r["test_accuracy"], ".3f")] if acc else []), str(r.get("steps", "-")),
+            *([_fmt(r["test_accuracy"], ".3f")] if acc else []), *([_fmt(r.get("epsilon"), ".3g")] if eps else []),
+            str(r.get("steps", "-")),
             _fmt(r["max_grad_norm"]), f"{100 * r['clipped_fraction']:.1f}", f"{r['seconds']:.2f}",
         ])
     headers = ["method", "seed", "initial loss", "final loss (train set)", "outcome", *(["test acc"] if acc else []),
+               *(["epsilon"] if eps else []),
                "optimizer steps", "max grad norm", "% clipped", "seconds"]
     runs = table(headers, rows)
     summary_rows = []
@@ -66,8 +69,11 @@ def compare_table(result: dict[str, Any]) -> str:
                f"{_fmt(mean)} ({len(ok)}/{len(mine)} ok)"]
         if acc:
             row.append(_fmt(sum(r["test_accuracy"] or 0.0 for r in mine) / len(mine), ".3f"))
+        if eps:
+            row.append(_fmt(mine[0].get("epsilon"), ".3g") + (f" (delta {mine[0]['delta']:g})" if mine[0].get("delta") else ""))
         summary_rows.append(row)
-    summary = table(["method", "outcomes", "mean final loss (ok runs)", *(["mean test acc (all runs)"] if acc else [])],
+    summary = table(["method", "outcomes", "mean final loss (ok runs)", *(["mean test acc (all runs)"] if acc else []),
+                                 *(["epsilon"] if eps else [])],
                     summary_rows)
     head = f"task: {result['task']}   framework: {result['framework']}"
     tail = describe()

@@ -78,9 +78,12 @@ def _compare_epilog() -> str:
         "methods (a spec is name[:arg,key=value...]; the first value sets the main parameter;\n"
         "join specs with + to chain them, e.g. spikeguard+norm:1.0; a bad key lists the valid ones):\n"
         f"{methods}\n\ntasks (--task):\n{tasks}\n\n"
+        "dp-digits methods (DP-SGD, torch): nonprivate (plain SGD), flat (per-example clipping to C + noise),\n"
+        "  per-layer (C/sqrt(P) per parameter), adaptive (C follows the median norm), flat-ghost (flat, ghost norms)\n\n"
         "examples:\n"
         "  gradclip compare --method none,norm:1.0 --seeds 0\n"
         "  gradclip compare --task digits-lstm --method \"none,norm:1.0,zclip,autoclip:p=10\" --json runs/out.json\n"
+        "  gradclip compare --task dp-digits --seeds 0,1 --json runs/dp.json   # accuracy and epsilon per method\n"
         "  gradclip compare --method \"value:min=-1,max=0.5;norm:1.0,norm_type=inf\"   # ';' when a spec has commas\n"
         "\nWithout a terminal, one line per finished run is printed to stderr as it finishes. Ctrl-C stops\n"
         "after writing the table, the JSON and the report of the runs that finished, marked incomplete."
@@ -137,8 +140,9 @@ def _add_compare_parser(sub: Any) -> None:
         ),
     )
     cmp.add_argument("--task", default="regression", help="task to run (default: regression; see 'tasks' below)")
-    cmp.add_argument("--method", default=",".join(DEFAULT_METHODS),
-                     help="comma-separated method specs (default: %(default)s; see 'methods' below)")
+    cmp.add_argument("--method", default=None,
+                     help=(f"comma-separated method specs (default: {','.join(DEFAULT_METHODS)}; for dp-digits: "
+                           "nonprivate,flat,per-layer,adaptive,flat-ghost; see 'methods' below)"))
     cmp.add_argument("--seeds", type=int_list("0,1,2"), default=list(DEFAULT_SEEDS),
                      help=f"comma-separated seeds (default: {','.join(map(str, DEFAULT_SEEDS))})")
     cmp.add_argument("--framework", default="torch", help="framework to train with: torch (default), keras, tensorflow or jax")
@@ -223,7 +227,7 @@ def _compare(args: argparse.Namespace) -> int:
     terminal = sys.stderr.isatty()
     try:
         result = compare(
-            args.task, split_methods(args.method), args.seeds, framework=args.framework, log_dir=log_dir,
+            args.task, None if args.method is None else split_methods(args.method), args.seeds, framework=args.framework, log_dir=log_dir,
             progress=_progress if terminal and not args.quiet else None,
             on_run=_print_run if not terminal and not args.quiet else None, nproc=args.nproc,
         )

@@ -41,7 +41,7 @@ class CompareInterrupted(KeyboardInterrupt):
 
 def compare(
     task: str = "regression",
-    methods: Sequence[str] = DEFAULT_METHODS,
+    methods: Sequence[str] | None = None,
     seeds: Sequence[int] = DEFAULT_SEEDS,
     *,
     framework: str = "torch",
@@ -53,8 +53,11 @@ def compare(
     """Train the task once per (method, seed) and return the results as JSON-ready data.
 
     Args:
-        task: Task name (``"regression"`` or ``"digits-lstm"``).
-        methods: Method spec strings; each is checked before any training starts.
+        task: Task name (``"regression"``, ``"digits-lstm"`` or ``"dp-digits"``).
+        methods: Method spec strings; each is checked before any training starts. ``None``
+            (default): the task's own list (``dp-digits``: ``nonprivate``, ``flat``, ``per-layer``,
+            ``adaptive``, ``flat-ghost``), else :data:`DEFAULT_METHODS`. A DP task
+            (``dp-digits``, torch only, one process) takes only those five names.
         seeds: Seeds; every method runs with each.
         framework: ``"torch"`` (``torch.optim.SGD`` + ``gradclip.torch.Clipper``), ``"keras"``
             (``gradclip.keras.clipped(SGD)`` with ``train_on_batch``, on the configured Keras
@@ -87,11 +90,14 @@ def compare(
     spec = get_task(task)
     if framework not in FRAMEWORKS:
         raise ConfigError(f"Unknown framework {framework!r}. Valid frameworks: {', '.join(FRAMEWORKS)}.")
+    if methods is None:
+        methods = spec.methods or DEFAULT_METHODS
     if not methods:
         raise ConfigError("No method given. Pass at least one, for example 'none,norm:1.0'.")
-    for m in methods:
+    runner = _dp_runner(spec, methods, framework, nproc) if spec.privacy is not None else None
+    for m in methods if runner is None else ():
         parse_policy(m)
-    runner = _runner(framework)
+    runner = runner or _runner(framework)
     if nproc != 1:  # DDP: a pool of processes with the runner's interface
         from gradclip.experiments._ddp import Pool
 
@@ -135,6 +141,24 @@ def _runner(framework: str) -> Any:
             raise ConfigError(f"--framework {framework} needs {package}, which is not installed ({e}). "
                               f"Install it with: pip install 'gradclip[{framework}]'.") from None
     return importlib.import_module(f"gradclip.experiments._{framework}")
+
+
+def _dp_runner(spec: Any, methods: Sequence[str], framework: str, nproc: int) -> Any:
+    """The DP runner, after checking its methods and that it runs on torch in one process."""
+    if framework != "torch" or nproc != 1:
+        raise ConfigError(f"Task {spec.name} trains with PyTorch in one process (--framework torch, --nproc 1). "
+                          f"Received: --framework {framework} --nproc {nproc}.")
+    _runner("torch")
+    try:
+        import opacus  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(f"Task {spec.name} needs opacus, which is not installed ({e}). "
+                          "Install it with: pip install 'gradclip[privacy]'.") from None
+    from gradclip.experiments import _dp
+
+    for m in methods:
+        _dp.check_method(spec, m)
+    return _dp
 
 
 def _log_path(log_dir: str | Path, task: str, method: str, seed: int) -> Path:

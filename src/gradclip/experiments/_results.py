@@ -31,6 +31,9 @@ class RunResult:
         seconds: Wall time of the run.
         test_accuracy: Accuracy on the held-out test set (classification tasks; ``None``
             otherwise). A diverged model is still evaluated: NaN logits give chance level or less.
+        extra: Task-specific fields, written at the top level of :meth:`to_json` (the DP task's
+            ``epsilon``, ``delta``, ``noise_multiplier``, ``clip``, ``fraction_clipped`` and
+            memory fields); ``None`` (default) adds nothing, so other tasks' JSON is unchanged.
     """
 
     method: str
@@ -45,9 +48,11 @@ class RunResult:
     seconds: float
     test_accuracy: float | None = None
     outcome: str = "ok"
+    extra: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
+        d.update(d.pop("extra") or {})
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 

@@ -38,7 +38,14 @@ class Task:
             ``(features, hidden, classes)``.
         loss: ``"mse"`` or ``"cross_entropy"`` (then test accuracy is reported too).
         lr: SGD learning rate. momentum: SGD momentum.
-        batch_size: Mini-batch size. epochs: Passes over the data.
+        batch_size: Mini-batch size (DP tasks: the expected Poisson batch size).
+        epochs: Passes over the data.
+        extra: More settings, written into the results JSON.
+        methods: The task's own default ``--method`` list; empty (default) means the clipping
+            methods of :data:`gradclip.experiments.DEFAULT_METHODS`.
+        privacy: DP-SGD settings (``noise_multiplier``, ``max_grad_norm``, ``delta``) of a
+            differential-privacy task, whose methods are those of
+            :data:`gradclip.experiments._dp.METHODS`; ``None`` (default) for a clipping task.
     """
 
     name: str
@@ -52,12 +59,15 @@ class Task:
     batch_size: int
     epochs: int
     extra: dict[str, Any] = field(default_factory=dict)
+    methods: tuple[str, ...] = ()
+    privacy: dict[str, float] | None = None
 
     def config(self) -> dict[str, Any]:
         """The settings as plain values (written into the results JSON)."""
         return {
             "model": self.model, "sizes": list(self.sizes), "loss": self.loss, "optimizer": "sgd", "lr": self.lr,
             "momentum": self.momentum, "batch_size": self.batch_size, "epochs": self.epochs, **self.extra,
+            **({"privacy": dict(self.privacy)} if self.privacy is not None else {}),
         }
 
 
@@ -76,6 +86,22 @@ def _digits_rows() -> Data:
     X = (X.reshape(-1, 8, 8) / 16.0).astype(np.float32)
     order = np.random.default_rng(0).permutation(len(X))
     test, train = order[:360], order[360:]
+    return Data(X[train], y[train].astype(np.int64), X[test], y[test].astype(np.int64))
+
+
+def _digits_flat() -> Data:
+    """scikit-learn's 8x8 digits as 64 features standardised with the training set's mean and std.
+
+    The same fixed 360-image test split as :func:`_digits_rows` (seed 0); constant pixels keep std 1.
+    """
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    order = np.random.default_rng(0).permutation(len(X))
+    test, train = order[:360], order[360:]
+    mean, std = X[train].mean(axis=0), X[train].std(axis=0)
+    std[std == 0] = 1.0
+    X = ((X - mean) / std).astype(np.float32)
     return Data(X[train], y[train].astype(np.int64), X[test], y[test].astype(np.int64))
 
 
@@ -114,6 +140,30 @@ TASKS: dict[str, Task] = {
         epochs=25,
         extra={"data": "sklearn.datasets.load_digits, rows as time steps, fixed 360-image test split (seed 0)",
                "init": "torch defaults"},
+    ),
+    "dp-digits": Task(
+        name="dp-digits",
+        description=(
+            "DP-SGD: MLP 64-128-10 (tanh) on scikit-learn's 8x8 digits (64 standardised features; 1437 "
+            "train, 360 test), cross-entropy, SGD lr 0.5 momentum 0.5, Poisson batches of expected size 64, "
+            "10 epochs; noise multiplier 1.0, C 1.0, epsilon at delta 1e-5 (RDP). Methods: nonprivate, "
+            "flat, per-layer, adaptive, flat-ghost"
+        ),
+        load=_digits_flat,
+        model="mlp",
+        sizes=(64, 128, 10),
+        loss="cross_entropy",
+        lr=0.5,
+        momentum=0.5,
+        batch_size=64,
+        epochs=10,
+        extra={"data": "sklearn.datasets.load_digits, 64 features standardised (train mean/std), fixed 360-image "
+                       "test split (seed 0)",
+               "init": "torch defaults", "activation": "tanh", "sampling": "poisson",
+               "memory": "resource.getrusage ru_maxrss: peak_rss_mb is the process's peak resident set after the "
+                         "run, peak_rss_growth_mb how much the run raised it (0 under an earlier run's peak)"},
+        methods=("nonprivate", "flat", "per-layer", "adaptive", "flat-ghost"),
+        privacy={"noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-5},
     ),
 }
 
