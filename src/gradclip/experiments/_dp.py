@@ -16,10 +16,12 @@ does and the accountant assumes); they differ only in how the batch gradient is 
 
 The log is the one of :mod:`._loop` (start, step and end records); a private run's step record
 carries ``"dp": {"fraction_clipped", "norm_p10", "norm_p50", "norm_p90", "clip", "epsilon"}``, a
-nonprivate one ``"norm"`` (the batch gradient's norm). Memory is ``resource.getrusage``'s
-``ru_maxrss``: the process's peak resident set, so ``peak_rss_growth_mb`` is how far this run
-raised the peak of the whole process (0 when it stayed under an earlier run's peak), and
-``peak_rss_mb`` that peak; torch's CPU allocations are invisible to ``tracemalloc``.
+nonprivate one ``"norm"`` (the batch gradient's norm). Memory is the resident set: on Linux the
+kernel's high-water mark is reset at the start of each run (``/proc/self/clear_refs``), so
+``peak_rss_mb`` is this run's peak (``VmHWM``) and ``peak_rss_growth_mb`` that peak minus the
+resident set when the run started; elsewhere ``ru_maxrss``, the process's peak so far (then the
+growth is 0 when a run stays under an earlier run's peak). torch's CPU allocations are invisible
+to ``tracemalloc``, so it is not used.
 """
 
 from __future__ import annotations
@@ -118,6 +120,33 @@ def _maxrss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
+def _status_mb(key: str) -> float | None:
+    """``VmRSS``/``VmHWM`` of this process from ``/proc/self/status`` in MiB, or None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            line = next(line for line in f if line.startswith(key + ":"))
+    except (OSError, StopIteration):
+        return None
+    return int(line.split()[1]) / 2**10
+
+
+def _reset_peak() -> tuple[float, bool]:
+    """Reset the kernel's resident-set high-water mark; return (resident MiB now, whether it was reset)."""
+    now = _status_mb("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return _maxrss_mb(), False
+    return (now if now is not None else _maxrss_mb()), True
+
+
+def _peak_since(reset: bool) -> float:
+    """The resident-set peak since :func:`_reset_peak` (or the process's peak if it could not reset)."""
+    peak = _status_mb("VmHWM") if reset else None
+    return peak if peak is not None else _maxrss_mb()
+
+
 def run(task: Task, method: str, seed: int, data: Data, log_path: Path | None = None) -> RunResult:
     """Train ``task``'s model with privacy ``method`` and report accuracy, epsilon, time and memory.
 
@@ -139,7 +168,7 @@ def run(task: Task, method: str, seed: int, data: Data, log_path: Path | None = 
         ConfigError: an unknown method.
     """
     check_method(task, method)
-    rss0, start = _maxrss_mb(), time.perf_counter()
+    (rss0, reset), start = _reset_peak(), time.perf_counter()
     torch.manual_seed(seed)
     X, y = torch.from_numpy(data.X), torch.from_numpy(data.y)
     model = build_model(task)
@@ -165,7 +194,7 @@ def run(task: Task, method: str, seed: int, data: Data, log_path: Path | None = 
         result = finish(method, seed, initial=initial, final=final, accuracy=accuracy, first_bad=first_bad,
                         steps=steps, clipped=0, max_norm=max_norm, seconds=time.perf_counter() - start)
         result.clipped_fraction = float(np.mean(fractions)) if fractions else 0.0
-        rss1 = _maxrss_mb()
+        rss1 = _peak_since(reset)
         result.extra = {**_privacy_fields(task, private, fractions),
                         "peak_rss_mb": round(rss1, 1), "peak_rss_growth_mb": round(rss1 - rss0, 1)}
         if log:
