@@ -184,14 +184,20 @@ def test_clip_coef_matches_float64_formula(semantics):
     assert np.all((got[:-2] >= 0) & (got[:-2] <= 1))
 
 
-@pytest.mark.parametrize("semantics", ["opacus", "optax", "tf"])
-def test_accumulated_grad_matches_float64_reference(semantics):
-    model, (x, y) = _mlp(), _data()
+def _per_example_grads64(model, x, y):
+    """Each example's gradient, one backward per example on a float64 copy: the reference."""
     ref64 = copy.deepcopy(model).double()
     per_ex = []
     for i in range(B):
         loss = _losses(ref64, x[i:i + 1].double(), y[i:i + 1]).sum()
         per_ex.append([g.detach() for g in torch.autograd.grad(loss, list(ref64.parameters()))])
+    return per_ex
+
+
+@pytest.mark.parametrize("semantics", ["opacus", "optax", "tf"])
+def test_accumulated_grad_matches_float64_reference(semantics):
+    model, (x, y) = _mlp(), _data()
+    per_ex = _per_example_grads64(model, x, y)
     norms = np.array([math.sqrt(sum(float(g.pow(2).sum()) for g in gs)) for gs in per_ex])
     C = float(np.median(norms))
     coef = _ref_coef(norms, C, semantics)
@@ -208,11 +214,7 @@ def test_accumulated_grad_matches_float64_reference(semantics):
 @pytest.mark.parametrize("semantics", ["opacus", "optax", "tf"])
 def test_per_layer_grad_matches_float64_reference(semantics):
     model, (x, y) = _mlp(), _data()
-    ref64 = copy.deepcopy(model).double()
-    per_ex = []
-    for i in range(B):
-        loss = _losses(ref64, x[i:i + 1].double(), y[i:i + 1]).sum()
-        per_ex.append([g.detach() for g in torch.autograd.grad(loss, list(ref64.parameters()))])
+    per_ex = _per_example_grads64(model, x, y)
     norms = np.array([[float(g.norm()) for g in gs] for gs in per_ex])  # (B, P)
     cs = np.median(norms, axis=0)
     coef = _ref_coef(norms, cs[None, :], semantics)
