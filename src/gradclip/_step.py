@@ -111,20 +111,30 @@ def run(policy: Policy, grads: list[Any], state: dict[str, Any], ops: Any, *, na
     new_state = {k: ops.where(m.finite, v, state[k]) if _same_shape(v, state.get(k)) else v
                  for k, v in new_state.items()}
     out, outcome = apply(decision, grads, m, ops, norm_type=policy.measure_norm_type)
+    out, outcome = refuse_nonfinite(grads, out, outcome, nonfinite, ops)
+    return out, outcome, new_state
+
+
+def refuse_nonfinite(grads: list[Any], out: list[Any], outcome: Outcome, nonfinite: str,
+                     ops: Any) -> tuple[list[Any], Outcome]:
+    """On a non-finite step, replace the applied step by the ``nonfinite`` mode's (array selects only).
+
+    ``"propagate"`` keeps ``out``; ``"skip"`` returns the gradients as received, reported as skipped;
+    ``"zero"`` returns zeros, reported as clipped with a clipped norm and ``coef`` of 0.
+    """
     if nonfinite == "propagate":
-        return out, outcome, new_state
-    bad = ~m.finite
+        return out, outcome
+    bad = outcome.nonfinite
     zero = nonfinite == "zero"
     kept = [ops.select(bad, ops.zeros_like(g) if zero else g, o) for g, o in zip(grads, out)]
-    zero_norm = ops.full_like(m.norm, 0.0)
-    outcome = dataclasses.replace(
+    zero_norm = ops.full_like(outcome.norm, 0.0)
+    return kept, dataclasses.replace(
         outcome,
-        clipped_norm=ops.where(bad, zero_norm if zero else m.norm, outcome.clipped_norm),
+        clipped_norm=ops.where(bad, zero_norm if zero else outcome.norm, outcome.clipped_norm),
         coef=ops.where(bad, zero_norm, outcome.coef) if zero and outcome.coef is not None else outcome.coef,
         clipped=ops.where(bad, zero, outcome.clipped),
         skipped=ops.where(bad, not zero, outcome.skipped),
     )
-    return kept, outcome, new_state
 
 
 def _same_shape(a: Any, b: Any) -> bool:

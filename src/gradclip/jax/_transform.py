@@ -220,7 +220,7 @@ def clip_leaves(info: LeafInfo, leaves: list[Any], params: list[Any] | None, pst
     exact = _exact_module()
     if exact is not None and axis_name is None and exact.handles(info.policy, axis_name=axis_name):
         out, outcome = exact.run(info.policy, leaves, params, info.names, acc=acc)
-        out, outcome = _refuse_nonfinite(leaves, out, outcome, mode, ops)
+        out, outcome = _step.refuse_nonfinite(leaves, out, outcome, mode, ops)
         new_state, skip = pstate, None
     else:
         policy = _Unskipped(info.policy) if unskip and info.policy.can_skip else info.policy
@@ -252,31 +252,9 @@ class _Unskipped:
         return dataclasses.replace(decision, skip=None), new_state
 
 
-def _refuse_nonfinite(leaves: list[Any], out: list[Any], outcome: _step.Outcome, mode: str,
-                      ops: Any) -> tuple[list[Any], _step.Outcome]:
-    """``_step.run``'s non-finite handling, for a step computed elsewhere (the optax twins)."""
-    if mode == "propagate":
-        return out, outcome
-    bad = outcome.nonfinite
-    zero = mode == "zero"
-    kept = [jnp.where(bad, jnp.zeros_like(g) if zero else g, o) for g, o in zip(leaves, out)]
-    zero_norm = jnp.zeros_like(outcome.norm)
-    return kept, dataclasses.replace(
-        outcome,
-        clipped_norm=jnp.where(bad, zero_norm if zero else outcome.norm, outcome.clipped_norm),
-        coef=jnp.where(bad, zero_norm, outcome.coef) if zero and outcome.coef is not None else outcome.coef,
-        clipped=jnp.where(bad, zero, outcome.clipped),
-        skipped=jnp.where(bad, not zero, outcome.skipped),
-    )
-
-
 def _same_layout(old: dict[str, Any], new: dict[str, Any], info: LeafInfo) -> dict[str, Any]:
     """The new policy state with the old one's keys, shapes and dtypes (a scan carry must not change)."""
-    if set(old) != set(new) or any(jnp.shape(new[k]) != jnp.shape(old[k]) for k in old):
-        changed = sorted(k for k in set(old) | set(new) if k not in old or k not in new
-                         or jnp.shape(new[k]) != jnp.shape(old[k]))
-        raise ConfigError(f"{checks.spec(info.policy)!r} changed the shape of its state ({changed}) in a step, which a "
-                          "JAX state cannot hold. Give it a fixed size (for AutoClip: window=N).")
+    _step.check_state(info.policy, old, new)
     return {k: jnp.asarray(new[k]).astype(old[k].dtype) for k in old}
 
 
