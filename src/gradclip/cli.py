@@ -5,6 +5,7 @@
     gradclip report LOG [LOG ...] [-o report.html]
     gradclip suggest LOG [LOG ...] [--json]
     gradclip bench [--quick] [--threads 1,2] [--json PATH]
+    gradclip reproduce NAME [--quick] [--out DIR] | --list
 
 :func:`main` is the one error boundary: a user's mistake (a :class:`GradclipError`, an
 ``OSError`` on a path, a bad option) becomes one line on stderr, ``gradclip <command>: <message>``,
@@ -96,6 +97,7 @@ examples:
   gradclip report runs/a/grads.jsonl -o report.html   # plots of a run's gradient norms
   gradclip suggest runs/a/grads.jsonl                 # which threshold, and why
   gradclip bench --quick                              # a short timing smoke run
+  gradclip reproduce --list                           # classic results of clipping, one command each
 
 'gradclip COMMAND --help' describes each command. Exit status: 0 ok, 2 bad input (one line on
 stderr saying what was received and what is valid), 130 interrupted (Ctrl-C)."""
@@ -122,6 +124,9 @@ def _parser() -> argparse.ArgumentParser:
                      "and next to the memory floor measured in the same run. Interleaved repetitions, "
                      "medians, 1 and 2 threads. See BENCHMARKS.md."),
     ))
+    from gradclip.reproduce._cli import add_reproduce_parser
+
+    add_reproduce_parser(sub)
     return parser
 
 
@@ -301,6 +306,10 @@ def _run(args: argparse.Namespace) -> int:
         from gradclip.report._cli import run_report, run_suggest
 
         return run_report(args) if args.command == "report" else run_suggest(args)
+    if args.command == "reproduce":
+        from gradclip.reproduce._cli import run_reproduce
+
+        return run_reproduce(args)
     return _compare(args)
 
 
