@@ -217,7 +217,7 @@ def _plot_surface(out: Path, n: int, runs: dict[str, dict[str, np.ndarray]]) -> 
     fig, ax = figure(7.0, 5.2)
     mesh = ax.pcolormesh(w, b, np.log10(np.maximum(e, 1e-8)), shading="auto", cmap="viridis")
     fig.colorbar(mesh, ax=ax, label="log10 loss  (sigmoid(x_50) - 0.7)^2")
-    for (name, r), color, style, z in zip(runs.items(), ("#d62728", "white"), (".-", "--"), (3, 2)):
+    for (name, r), color, style, z in zip(runs.items(), ("#d62728", "#ff00ff"), (".-", "--"), (3, 2)):
         p = r["path"]
         inside = (p[:, 0] >= W_RANGE[0]) & (p[:, 0] <= W_RANGE[1]) & (p[:, 1] >= B_RANGE[0]) & (p[:, 1] <= B_RANGE[1])
         last = int(np.argmin(inside)) if not inside.all() else len(p)
