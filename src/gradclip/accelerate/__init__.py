@@ -1,0 +1,30 @@
+"""gradclip for Hugging Face Accelerate: clip after ``accelerator.prepare``, with any policy.
+
+``clip_grad_norm_(accelerator, parameters, max_norm)`` is ``accelerator.clip_grad_norm_`` with
+gradclip's norm (same numbers, same pre-clip norm returned). ``Clipper(accelerator, policy)``
+runs any policy once per optimizer step: it does nothing while ``accelerator.accumulate`` is
+accumulating, unscales fp16 gradients first, and turns a skipped step into a no-op
+``optimizer.step()``. Register it with ``accelerator.register_for_checkpointing(clipper)`` and
+``save_state``/``load_state`` keep the policy state.
+
+Example:
+    >>> import torch, accelerate, gradclip.accelerate as gca
+    >>> accelerator = accelerate.Accelerator(cpu=True)
+    >>> model = accelerator.prepare(torch.nn.Linear(4, 1))
+    >>> accelerator.backward(model(torch.ones(8, 4)).sum())
+    >>> stats = gca.Clipper(accelerator, "zclip").step(model)
+    >>> float(stats.norm) > 0
+    True
+"""
+
+for _name in ("accelerate", "torch"):
+    try:
+        __import__(_name)
+    except ImportError:
+        raise ModuleNotFoundError(f"gradclip.accelerate needs {_name}, which is not installed: "
+                                  "pip install 'gradclip[accelerate]'.", name=_name) from None
+del _name
+
+from gradclip.accelerate._clip import Clipper, clip_grad_norm_  # noqa: E402
+
+__all__ = ["Clipper", "clip_grad_norm_"]
