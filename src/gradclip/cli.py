@@ -1,6 +1,7 @@
 """The ``gradclip`` command: a thin shell over functions that return data.
 
     gradclip compare [--task regression] [--method none,value:1.0,norm:1.0] [--seeds 0,1,2]
+                     [--optimizer sgd|momentum|adam|rmsprop|adagrad] [--lr LR]
                      [--json PATH] [--log-dir DIR] [--nproc N]
     gradclip report LOG [LOG ...] [-o report.html]
     gradclip suggest LOG [LOG ...] [--json]
@@ -16,6 +17,7 @@ its traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import textwrap
@@ -65,8 +67,19 @@ def method_examples() -> list[tuple[str, str, str]]:
     return out
 
 
+def _optimizer_line(opt: Any) -> str:
+    """``--help`` text of one optimizer: its update, hyper-parameters and default lr per task."""
+    from gradclip.experiments import TASKS
+    from gradclip.experiments._tasks import with_optimizer
+
+    params = ", ".join(f"{k} {v:g}" for k, v in opt.params.items())
+    lrs = ", ".join(f"{t.name} {with_optimizer(t, opt.name).lr:g}" for t in TASKS.values() if t.privacy is None)
+    return f"{opt.update}{f'; {params}' if params else ''}. Default lr: {lrs}"
+
+
 def _compare_epilog() -> str:
     from gradclip.experiments import TASKS
+    from gradclip.experiments._tasks import OPTIMIZERS
 
     def block(rows: list[tuple[str, str]]) -> str:
         width = max(len(key) for key, _ in rows) + 2
@@ -75,16 +88,21 @@ def _compare_epilog() -> str:
 
     methods = block([(example, summary) for _, example, summary in method_examples()])
     tasks = block([(t.name, t.description) for t in TASKS.values()])
+    optimizers = block([(o.name, _optimizer_line(o)) for o in OPTIMIZERS.values()])
     return (
         "methods (a spec is name[:arg,key=value...]; the first value sets the main parameter;\n"
         "join specs with + to chain them, e.g. spikeguard+norm:1.0; a bad key lists the valid ones):\n"
         f"{methods}\n\ntasks (--task):\n{tasks}\n\n"
+        "optimizers (--optimizer; torch's update and hyper-parameters in every framework; default lr\n"
+        f"per task where --lr is not given):\n{optimizers}\n\n"
         "dp-digits methods (DP-SGD, torch): nonprivate (plain SGD), flat (per-example clipping to C + noise),\n"
         "  per-layer (C/sqrt(P) per parameter), adaptive (C follows the median norm), flat-ghost (flat, ghost norms)\n\n"
         "examples:\n"
         "  gradclip compare --method none,norm:1.0 --seeds 0\n"
         "  gradclip compare --task digits-lstm --method \"none,norm:1.0,zclip,autoclip:p=10\" --json runs/out.json\n"
         "  gradclip compare --task dp-digits --seeds 0,1 --json runs/dp.json   # accuracy and epsilon per method\n"
+        "  gradclip compare --optimizer adam --method none,norm:1.0   # does Adam still need clipping?\n"
+        "  gradclip compare --task digits-lstm --optimizer rmsprop --lr 0.001 --framework keras\n"
         "  gradclip compare --method \"value:min=-1,max=0.5;norm:1.0,norm_type=inf\"   # ';' when a spec has commas\n"
         "\nWithout a terminal, one line per finished run is printed to stderr as it finishes. Ctrl-C stops\n"
         "after writing the table, the JSON and the report of the runs that finished, marked incomplete."
@@ -151,6 +169,12 @@ def _add_compare_parser(sub: Any) -> None:
     cmp.add_argument("--seeds", type=int_list("0,1,2"), default=list(DEFAULT_SEEDS),
                      help=f"comma-separated seeds (default: {','.join(map(str, DEFAULT_SEEDS))})")
     cmp.add_argument("--framework", default="torch", help="framework to train with: torch (default), keras, tensorflow or jax")
+    cmp.add_argument("--optimizer", default=None, metavar="NAME",
+                     help=("sgd (momentum 0), momentum, adam, rmsprop or adagrad, the same update in every framework "
+                           "(default: the task's own, SGD with its momentum; dp-digits: sgd or momentum only; see "
+                           "'optimizers' below)"))
+    cmp.add_argument("--lr", type=_learning_rate, default=None, metavar="LR",
+                     help="learning rate, a positive number (default: the task's for its optimizer; see 'optimizers' below)")
     cmp.add_argument("--nproc", type=positive_int, default=1, metavar="N",
                      help=("train each run with DistributedDataParallel over N processes (gloo backend, CPU; "
                            "torch only). Same numbers as one process, up to rounding (default: 1)"))
@@ -162,6 +186,17 @@ def _add_compare_parser(sub: Any) -> None:
     cmp.add_argument("--no-report", action="store_true", help="do not write the HTML comparison report")
     cmp.add_argument("-q", "--quiet", "--no-progress", dest="quiet", action="store_true",
                      help="no progress on stderr (a bar on a terminal, else one line per finished run)")
+
+
+def _learning_rate(text: str) -> float:
+    """The argparse ``type`` of ``--lr``: a positive finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number such as 0.01. Received: {text!r}")
+    return value
 
 
 def split_methods(text: str) -> list[str]:
@@ -235,6 +270,7 @@ def _compare(args: argparse.Namespace) -> int:
             args.task, None if args.method is None else split_methods(args.method), args.seeds, framework=args.framework, log_dir=log_dir,
             progress=_progress if terminal and not args.quiet else None,
             on_run=_print_run if not terminal and not args.quiet else None, nproc=args.nproc,
+            optimizer=args.optimizer, lr=args.lr,
         )
     except CompareInterrupted as stop:
         if terminal and not args.quiet:

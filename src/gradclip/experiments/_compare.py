@@ -10,7 +10,7 @@ from typing import Any
 import gradclip
 from gradclip._errors import ConfigError
 from gradclip._spec import parse_policy
-from gradclip.experiments._tasks import get_task
+from gradclip.experiments._tasks import get_task, with_optimizer
 
 FRAMEWORKS = ("torch", "keras", "tensorflow", "jax")
 DEFAULT_METHODS = ("none", "value:1.0", "norm:1.0")
@@ -49,6 +49,8 @@ def compare(
     progress: Progress | None = None,
     on_run: OnRun | None = None,
     nproc: int = 1,
+    optimizer: str | None = None,
+    lr: float | None = None,
 ) -> dict[str, Any]:
     """Train the task once per (method, seed) and return the results as JSON-ready data.
 
@@ -70,6 +72,12 @@ def compare(
             entry of ``"runs"`` (for live output, or to save results as they come).
         nproc: Train each run with DistributedDataParallel over this many processes (gloo, CPU;
             torch only); the results are those of one process up to rounding. Default 1.
+        optimizer: ``"sgd"`` (momentum 0), ``"momentum"`` (the task's momentum, else 0.9),
+            ``"adam"``, ``"rmsprop"`` or ``"adagrad"`` (torch's update and hyper-parameters in
+            every framework: :data:`gradclip.experiments._tasks.OPTIMIZERS`); ``None`` (default): the
+            task's own, SGD with its momentum. ``dp-digits`` takes ``sgd`` and ``momentum`` only.
+        lr: Learning rate; ``None`` (default): the task's for SGD, else the optimizer's default
+            (Adam 1e-3, RMSprop 1e-2, Adagrad 1e-2: ``torch.optim``'s).
 
     Returns:
         ``{"task", "framework", "gradclip_version", "config", "incomplete", "runs": [...]}``; each
@@ -77,7 +85,8 @@ def compare(
         ``"incomplete"`` is ``False`` here (see Raises).
 
     Raises:
-        ConfigError: unknown task, framework or method spec (nothing is trained then).
+        ConfigError: unknown task, framework, optimizer or method spec, or a learning rate that is
+            not a positive number (nothing is trained then).
         CompareInterrupted: on Ctrl-C; its ``result`` holds the runs that finished, with
             ``"incomplete": True`` (the interrupted run is dropped).
 
@@ -86,8 +95,11 @@ def compare(
         >>> out = compare("regression", ["norm:1.0"], [0])
         >>> out["runs"][0]["diverged"]
         False
+        >>> out = compare("regression", ["none"], [0], optimizer="adam", lr=0.05)
+        >>> out["config"]["optimizer"], out["config"]["lr"], out["runs"][0]["outcome"]
+        ('adam', 0.05, 'ok')
     """
-    spec = get_task(task)
+    spec = with_optimizer(get_task(task), optimizer, lr)
     if framework not in FRAMEWORKS:
         raise ConfigError(f"Unknown framework {framework!r}. Valid frameworks: {', '.join(FRAMEWORKS)}.")
     if methods is None:

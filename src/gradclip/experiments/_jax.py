@@ -4,9 +4,12 @@ The models are pytrees of ``jax.numpy`` arrays (no Flax): the MLP (Xavier-unifor
 ``[in, out]``, bias 0.01, ReLU) or the row LSTM (``jax.lax.scan`` over the 8 rows, gates in
 torch's order i, f, g, o, one bias vector as in Keras and the TensorFlow runner) with a linear
 head, every LSTM and head weight uniform in ``±1/sqrt(hidden)`` as torch draws them, from
-``jax.random.key(seed)``. The optimizer is ``gradclip.jax.guard(optax.sgd(lr, momentum), policy)``:
-optax's momentum is torch's (``v = momentum * v + g; w -= lr * v``), and a step whose gradients
-are non-finite leaves the weights and the momentum untouched, as the shared loop requires. Same
+``jax.random.key(seed)``. The optimizer is ``gradclip.jax.guard(tx, policy)`` with ``tx`` from
+:func:`make_optimizer`: ``optax.sgd(lr, momentum)`` (optax's momentum is torch's, ``v = momentum *
+v + g; w -= lr * v``), ``optax.adam`` (``eps_root=0``: torch's form), ``optax.rmsprop`` with
+``decay=0.99, eps_in_sqrt=False`` (torch's), or torch's Adagrad (:func:`torch_adagrad`: optax's
+puts ``eps`` inside the square root and starts the sum at 0.1). A step whose gradients are
+non-finite leaves the weights and the optimizer state untouched, as the shared loop requires. Same
 data, batches, shapes and settings as the torch runner.
 
 Compile time is most of a demo-sized run (XLA:CPU takes seconds for the LSTM's step), so the
@@ -21,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +36,7 @@ from gradclip._spec import parse_policy
 from gradclip._stats import ClipStats
 from gradclip.experiments._loop import train
 from gradclip.experiments._results import RunResult
-from gradclip.experiments._tasks import Data, Task
+from gradclip.experiments._tasks import Data, Task, optimizer_params
 
 Params = dict[str, dict[str, jax.Array]]
 
@@ -98,7 +101,7 @@ def _cached(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
 
 
 def _key(task: Task) -> tuple[Any, ...]:
-    return (task.model, task.sizes, task.loss, task.lr, task.momentum)
+    return (task.model, task.sizes, task.loss, task.optimizer, task.lr, task.momentum)
 
 
 def _program(task: Task, method: str) -> tuple[optax.GradientTransformation, Callable]:
@@ -117,9 +120,54 @@ def _evaluator(task: Task) -> Callable:
     return _cached(_key(task), lambda: jax.jit(evaluate))
 
 
+class AdagradState(NamedTuple):
+    """The sum of squared gradients of :func:`torch_adagrad`."""
+
+    sum_of_squares: Any
+
+
+def torch_adagrad(learning_rate: float, eps: float = 1e-10, initial_accumulator: float = 0.0) -> optax.GradientTransformation:
+    """PyTorch's Adagrad as an optax transformation: ``s += g^2; w -= lr * g / (sqrt(s) + eps)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> tx = torch_adagrad(0.1)
+        >>> updates, _ = tx.update({"w": jnp.array([2.0, -0.5, 0.0])}, tx.init({"w": jnp.zeros(3)}))
+        >>> [round(float(u), 6) for u in updates["w"]]  # the first step is -lr * sign(g)
+        [-0.1, 0.1, -0.0]
+    """
+
+    def init(params: Any) -> AdagradState:
+        return AdagradState(jax.tree.map(lambda p: jnp.full_like(p, initial_accumulator), params))
+
+    def update(updates: Any, state: AdagradState, params: Any = None) -> tuple[Any, AdagradState]:
+        del params
+        total = jax.tree.map(lambda g, s: s + jnp.square(g), updates, state.sum_of_squares)
+        steps = jax.tree.map(lambda g, s: -learning_rate * g / (jnp.sqrt(s) + eps), updates, total)
+        return steps, AdagradState(total)
+
+    return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(task: Task) -> optax.GradientTransformation:
+    """``task.optimizer`` as an optax transformation, every hyper-parameter set explicitly (torch's values).
+
+    Raises:
+        ConfigError: an unknown ``task.optimizer``.
+    """
+    hp = optimizer_params(task)
+    if task.optimizer == "adam":
+        return optax.adam(task.lr, b1=hp["beta1"], b2=hp["beta2"], eps=hp["eps"], eps_root=0.0)
+    if task.optimizer == "rmsprop":
+        return optax.rmsprop(task.lr, decay=hp["alpha"], eps=hp["eps"], initial_scale=0.0, eps_in_sqrt=False,
+                             centered=False, momentum=None, bias_correction=False)
+    if task.optimizer == "adagrad":
+        return torch_adagrad(task.lr, eps=hp["eps"], initial_accumulator=hp["initial_accumulator"])
+    return optax.sgd(task.lr, momentum=task.momentum or None)  # without momentum optax keeps no trace
+
+
 def _build_step(task: Task, method: str) -> tuple[optax.GradientTransformation, Callable]:
-    momentum = task.momentum or None  # optax.sgd without momentum keeps no trace
-    tx = gcj.guard(optax.sgd(task.lr, momentum=momentum), parse_policy(method), nonfinite="skip")
+    tx = gcj.guard(make_optimizer(task), parse_policy(method), nonfinite="skip")
     per_example = _losses(task)
 
     def loss_of(params: Params, x: jax.Array, y: jax.Array, weight: jax.Array) -> jax.Array:

@@ -5,8 +5,9 @@ loop does the batching (a seeded permutation per epoch), the per-step JSONL log,
 first non-finite loss or gradient, and the :class:`RunResult`.
 
 The log of a run is one JSONL file: a ``{"event": "start", ...}`` record (run label, task,
-framework, method, seed, policy spec, time), one record per step (batch ``loss``, the
-``ClipStats`` values, ``layers``: the pre-clip per-tensor gradient norms), and a
+framework, method, seed, policy spec, ``optimizer``, ``lr``, ``momentum``, time), one record per
+step (batch ``loss``, the ``ClipStats`` values, ``layers``: the pre-clip per-tensor gradient
+norms), and a
 ``{"event": "end", ...}`` record holding the run's :class:`RunResult` (final loss on the whole
 training set, outcome, optimizer steps), so that the report shows the numbers the CLI prints.
 """
@@ -97,7 +98,8 @@ def _open_log(path: Path | None, label: str, task: Task, framework: str, method:
     log = open(path, "w", encoding="utf-8")
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     log.write(json.dumps({"event": "start", "run": label, "time": now, "task": task.name, "framework": framework,
-                          "method": method, "seed": seed, "policy": method}) + "\n")
+                          "method": method, "seed": seed, "policy": method, "optimizer": task.optimizer,
+                          "lr": task.lr, "momentum": task.momentum}) + "\n")
     return log
 
 

@@ -1,9 +1,9 @@
 """The TensorFlow runner of ``gradclip compare --framework tensorflow``: a ``GradientTape`` loop.
 
 The model is written with ``tf.Variable``\\ s (no Keras), the step is one ``tf.function`` with
-``gradclip.tensorflow.Clipper`` inside, and SGD with momentum is written out as torch does it
-(``v = momentum * v + g; w -= lr * v``). Same data, batches, shapes and settings as the torch
-runner.
+``gradclip.tensorflow.Clipper`` inside, and the optimizer is written out as torch does it
+(:class:`Optimizer`; SGD with momentum is ``v = momentum * v + g; w -= lr * v``). Same data,
+batches, shapes and settings as the torch runner.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from gradclip.experiments._loop import train
 from gradclip.experiments._results import RunResult
-from gradclip.experiments._tasks import Data, Task
+from gradclip.experiments._tasks import Data, Task, optimizer_params
 from gradclip.tensorflow import Clipper
 
 
@@ -61,12 +61,57 @@ class _Model(tf.Module):
         return h @ self.head + self.head_bias
 
 
+class Optimizer(tf.Module):
+    """``task.optimizer`` over ``variables``, written out in TensorFlow with torch's update and values.
+
+    See :data:`gradclip.experiments._tasks.OPTIMIZERS` for the formulas; ``apply(grads)`` is one
+    step (inside a ``tf.function`` or eagerly).
+
+    Raises:
+        ConfigError: an unknown ``task.optimizer``.
+    """
+
+    def __init__(self, task: Task, variables: list[tf.Variable]) -> None:
+        super().__init__()
+        self.kind, self.lr, self.momentum, self.hp = task.optimizer, task.lr, task.momentum, optimizer_params(task)
+        self.variables_ = list(variables)
+        slots = {"adam": 2, "rmsprop": 1, "adagrad": 1}.get(self.kind, 1 if self.momentum else 0)
+        self.slots = [[tf.Variable(tf.zeros_like(v), trainable=False) for v in self.variables_] for _ in range(slots)]
+        self.t = tf.Variable(0.0, trainable=False)
+
+    def apply(self, grads: list[tf.Tensor]) -> None:
+        """One step: every variable moves by ``grads`` (in the order of ``variables``)."""
+        self.t.assign_add(1.0)
+        hp = self.hp
+        for i, (w, g) in enumerate(zip(self.variables_, grads)):
+            if self.kind == "adam":
+                m, v = self.slots[0][i], self.slots[1][i]
+                m.assign(hp["beta1"] * m + (1.0 - hp["beta1"]) * g)
+                v.assign(hp["beta2"] * v + (1.0 - hp["beta2"]) * tf.square(g))
+                c1, c2 = 1.0 - hp["beta1"] ** self.t, 1.0 - hp["beta2"] ** self.t
+                w.assign_sub(self.lr / c1 * m / (tf.sqrt(v) / tf.sqrt(c2) + hp["eps"]))
+            elif self.kind == "rmsprop":
+                v = self.slots[0][i]
+                v.assign(hp["alpha"] * v + (1.0 - hp["alpha"]) * tf.square(g))
+                w.assign_sub(self.lr * g / (tf.sqrt(v) + hp["eps"]))
+            elif self.kind == "adagrad":
+                s = self.slots[0][i]
+                s.assign_add(tf.square(g))
+                w.assign_sub(self.lr * g / (tf.sqrt(s) + hp["eps"]))
+            elif self.slots:  # sgd/momentum with momentum
+                m = self.slots[0][i]
+                m.assign(self.momentum * m + g)
+                w.assign_sub(self.lr * m)
+            else:
+                w.assign_sub(self.lr * g)
+
+
 def run(task: Task, method: str, seed: int, data: Data, log_path: Path | None = None) -> RunResult:
     """Train ``task``'s TensorFlow model with clipping ``method`` in a ``GradientTape`` loop."""
     tf.random.set_seed(seed)
     model = _Model(task, seed)
     variables = list(model.trainable_variables)
-    velocity = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
+    optimizer = Optimizer(task, variables)
     clipper = Clipper(method)
     mse = task.loss == "mse"
 
@@ -81,9 +126,7 @@ def run(task: Task, method: str, seed: int, data: Data, log_path: Path | None = 
         with tf.GradientTape() as tape:
             loss, _ = loss_of(x, y)
         grads, _ = clipper(tape.gradient(loss, variables), variables)
-        for v, m, g in zip(variables, velocity, grads):
-            m.assign(task.momentum * m + g)
-            v.assign_sub(task.lr * m)
+        optimizer.apply(grads)
         return loss
 
     def step(rows: np.ndarray) -> tuple[float, Any]:

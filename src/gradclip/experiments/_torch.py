@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,7 +13,7 @@ from gradclip._spec import parse_policy
 from gradclip._stats import ClipStats
 from gradclip.experiments._loop import train
 from gradclip.experiments._results import RunResult
-from gradclip.experiments._tasks import Data, Task
+from gradclip.experiments._tasks import Data, Task, optimizer_params
 from gradclip.torch import Clipper
 
 
@@ -45,11 +46,28 @@ def build_model(task: Task) -> torch.nn.Module:
     return torch.nn.Sequential(*layers)
 
 
+def make_optimizer(task: Task, params: Any) -> torch.optim.Optimizer:
+    """``task.optimizer`` over ``params``, every hyper-parameter set explicitly (see :data:`._tasks.OPTIMIZERS`).
+
+    Raises:
+        ConfigError: an unknown ``task.optimizer``.
+    """
+    hp = optimizer_params(task)
+    if task.optimizer == "adam":
+        return torch.optim.Adam(params, lr=task.lr, betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"])
+    if task.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=task.lr, alpha=hp["alpha"], eps=hp["eps"])
+    if task.optimizer == "adagrad":
+        return torch.optim.Adagrad(params, lr=task.lr, initial_accumulator_value=hp["initial_accumulator"],
+                                   eps=hp["eps"])
+    return torch.optim.SGD(params, lr=task.lr, momentum=task.momentum)  # sgd, momentum
+
+
 def run(task: Task, method: str, seed: int, data: Data, log_path: Path | None = None, *, shard=None) -> RunResult:
     """Train ``task``'s model with clipping ``method`` and report how it went.
 
     Args:
-        task: The task (data, model and optimizer settings).
+        task: The task (data, model, optimizer and its settings: :func:`make_optimizer`).
         method: A method spec string (``"none"``, ``"norm:1.0"``, ...).
         seed: Seeds the initial weights and the batch order.
         data: The task's arrays from ``task.load()`` (loaded once for all runs).
@@ -64,7 +82,7 @@ def run(task: Task, method: str, seed: int, data: Data, log_path: Path | None = 
     X, y = torch.from_numpy(data.X), torch.from_numpy(data.y)
     model = build_model(task)
     net = model if shard is None else shard.wrap(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=task.lr, momentum=task.momentum)
+    optimizer = make_optimizer(task, model.parameters())
     clipper = Clipper(parse_policy(method))
     order = torch.Generator().manual_seed(seed)
     loss_fn = torch.nn.functional.mse_loss if task.loss == "mse" else torch.nn.functional.cross_entropy
