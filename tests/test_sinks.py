@@ -254,10 +254,15 @@ def test_missing_optional_packages_raise_config_error(name):
 def test_mlflow_file_store(tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    mlflow.set_tracking_uri(tmp_path.as_uri())
-    got = _run(["mlflow"], steps=3)
-    run = mlflow.search_runs(output_format="list")[0]
-    history = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "grad/norm_total")
+    uri = (tmp_path / "mlruns").as_uri()  # a new directory: MLflow creates its default experiment there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        got = _run(["mlflow"], steps=3)
+        run = mlflow.search_runs(output_format="list")[0]
+        history = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "grad/norm_total")
+    finally:
+        mlflow.set_tracking_uri(None)
     assert [m.value for m in history] == pytest.approx([r["norm"] for r in got])
 
 

@@ -1,9 +1,12 @@
-"""Sinks: where the monitor's records go (JSONL, CSV, TensorBoard, MLflow, W&B, a callable).
+"""Sinks: where the monitor's records go (JSONL, CSV, TensorBoard, MLflow, W&B, Neptune, a callable).
 
 Every sink is opened when the :class:`gradclip.Monitor` is created, so a bad spec fails at once
 (``ConfigError`` naming the spec and what is valid), not at step 10,000. A write that fails later
 (disk full, a closed pipe, a sink's own bug) is a :class:`SinkError` naming the sink and, for
 files, the path; :mod:`gradclip.monitor._delivery` keeps it from costing the other sinks.
+The dashboards live in :mod:`gradclip.monitor._sink_tb` (TensorBoard) and
+:mod:`gradclip.monitor._sink_remote` (MLflow, W&B, Neptune); they send records in batches
+(:class:`BatchedSink`), and ``close()`` sends what is left.
 
 Files (``jsonl:``, ``csv:``) are opened with ``O_APPEND`` and every line is written with one
 ``os.write``. POSIX makes each such write seek to the end and write as one step, and on Linux a
@@ -16,24 +19,26 @@ own file there.
 
 from __future__ import annotations
 
+import atexit
 import errno as _errno
+import functools
 import importlib
 import json
-import math
 import os
+import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gradclip._errors import ConfigError, GradclipError
-from gradclip.monitor._metrics import scalars
 from gradclip.monitor._record import SCALAR_KEYS, scalar
 
 __all__ = ["Sink", "SinkError", "SinkWarning", "open_sink"]
 
 VALID_SPECS = (
-    "'jsonl:PATH', 'csv:PATH', 'tensorboard:DIR', 'mlflow', 'wandb', a callable taking the record dict, "
-    "or an object with write(record) and close()"
+    "'jsonl:PATH', 'csv:PATH', 'tensorboard:DIR', 'mlflow', 'wandb', 'neptune', a Neptune run, "
+    "a callable taking the record dict, or an object with write(record) and close()"
 )
 
 
@@ -221,91 +226,83 @@ class CsvSink(_FileSink):
         self._append((",".join(cells) + "\n").encode())
 
 
-def _require(spec: str, module: str, extra: str):
+def require(spec: str, module: str, extra: str):
+    """Import an optional package for a sink, or raise a one-line ``ConfigError`` naming the extra."""
     try:
         return importlib.import_module(module)
     except ImportError:
         raise ConfigError(f"Sink {spec!r} needs the {module!r} package, which is not installed. "
-                          f"Install it ({extra}) or pick another sink: {VALID_SPECS}.") from None
+                          f"Install it with pip install 'gradclip[{extra}]', or pick another sink.") from None
 
 
-class TensorBoardSink(Sink):
-    """TensorBoard event files via ``tensorboardX``: scalars, and per-layer norm histograms.
+class BatchedSink(Sink):
+    """A sink that keeps what it needs of each record and sends the records in batches.
 
-    Scalars use :func:`gradclip.monitor._metrics.scalars` names (``grad/norm_total`` ...). When a
-    record holds layers, the finite per-layer gradient norms go to the histogram
-    ``grad/norm_layers`` and the number of non-finite ones to the scalar
-    ``grad/norm_layers_nonfinite`` (TensorBoard rejects histograms with NaN in them).
+    :meth:`write` calls :meth:`keep` (which extracts the values, so a record changed later by
+    its owner is not seen) and buffers the result; every ``every`` records, when the oldest
+    buffered record is ``max_secs`` old (checked at each write), at :meth:`flush` and at
+    :meth:`close`, :meth:`send` gets the buffer. A batch whose ``send`` raises is dropped and
+    the error reaches the monitor (a ``SinkWarning``, then a ``SinkError``). :meth:`close` sends
+    what is left, then calls :meth:`release`, even when that send fails. A sink never closed
+    (a monitor left open) sends what it holds when the interpreter exits (``atexit``, before
+    the trackers' own exit handlers, which were registered earlier, end their runs).
     """
 
-    def __init__(self, spec: str, logdir: str, *, flush_secs: int = 10) -> None:
-        self.spec, self.logdir = spec, Path(logdir)
-        if not logdir:
-            raise ConfigError(f"Sink {spec!r} names no directory. Write tensorboard:DIR, for example 'tensorboard:runs/a'.")
-        tbx = _require(spec, "tensorboardX", "pip install tensorboardX")
+    def __init__(self, *, every: int, max_secs: float) -> None:
+        self.every, self.max_secs = every, max_secs
+        self._buffer: list[Any] = []
+        self._since = 0.0
+        self._closed = False
+        self._at_exit = functools.partial(_flush_at_exit, weakref.ref(self))
+        atexit.register(self._at_exit)
+
+    def keep(self, record: dict[str, Any]) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def send(self, batch: list[Any]) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Release what the sink holds (after the last :meth:`send`)."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._closed:
+            raise SinkError(f"Sink {self.spec!r} is closed.", sink=self.spec)
+        now = time.monotonic()
+        if not self._buffer:
+            self._since = now
+        self._buffer.append(self.keep(record))
+        if len(self._buffer) >= self.every or now - self._since >= self.max_secs:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the buffered records now."""
+        if self._buffer:
+            batch, self._buffer = self._buffer, []
+            self.send(batch)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self._at_exit)
         try:
-            self.logdir.mkdir(parents=True, exist_ok=True)
-            self._writer = tbx.SummaryWriter(str(self.logdir), flush_secs=flush_secs)
-        except OSError as exc:
-            raise ConfigError(f"Sink {spec!r} cannot be opened: {exc.strerror or exc} ({self.logdir}). "
-                              f"Pass a writable directory. Valid sinks: {VALID_SPECS}.") from None
+            self.flush()
+        finally:
+            self.release()
 
-    def write(self, record: dict[str, Any]) -> None:
-        step = record["step"]
-        for name, value in scalars(record).items():
-            self._writer.add_scalar(name, value, step)
-        layers = record.get("layers")
-        if layers:
-            import numpy as np
-
-            norms = [(d or {}).get("grad_norm") for d in layers.values()]
-            finite = [v for v in norms if isinstance(v, (int, float)) and math.isfinite(v)]
-            self._writer.add_scalar("grad/norm_layers_nonfinite", float(len(norms) - len(finite)), step)
-            if finite:
-                self._writer.add_histogram("grad/norm_layers", np.asarray(finite, dtype=np.float64), step)
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+    def __del__(self) -> None:  # dropped without close(): send what is held (a sink may release more)
+        if not getattr(self, "_closed", True):
+            _flush_at_exit(weakref.ref(self))
 
 
-class MlflowSink(Sink):
-    """MLflow metrics (``mlflow.log_metrics``) in the active run; one is started if none is."""
-
-    def __init__(self, spec: str) -> None:
-        self.spec = spec
-        self._mlflow = _require(spec, "mlflow", "pip install mlflow")
-        self._started = self._mlflow.active_run() is None
-        if self._started:
-            self._mlflow.start_run()
-
-    def write(self, record: dict[str, Any]) -> None:
-        self._mlflow.log_metrics(scalars(record), step=record["step"])
-
-    def close(self) -> None:
-        if self._started:
-            self._mlflow.end_run()
-            self._started = False
-
-
-class WandbSink(Sink):
-    """Weights & Biases metrics (``wandb.log``) in the current run; ``wandb.init()`` if none."""
-
-    def __init__(self, spec: str) -> None:
-        self.spec = spec
-        self._wandb = _require(spec, "wandb", "pip install wandb")
-        self._started = self._wandb.run is None
-        if self._started:
-            self._wandb.init()
-
-    def write(self, record: dict[str, Any]) -> None:
-        self._wandb.log(scalars(record), step=record["step"])
-
-    def close(self) -> None:
-        if self._started:
-            self._wandb.finish()
-            self._started = False
+def _flush_at_exit(ref: Any) -> None:
+    sink = ref()
+    if sink is not None and not sink._closed:
+        try:
+            sink.flush()
+        except Exception:  # noqa: BLE001, S110 - the interpreter is exiting: nothing left to report to
+            pass
 
 
 class CallbackSink(Sink):
@@ -318,11 +315,23 @@ class CallbackSink(Sink):
         self._fn(record)
 
 
+def _tensorboard(spec: str, rest: str, overwrite: bool) -> Sink:
+    from gradclip.monitor._sink_tb import TensorBoardSink
+
+    return TensorBoardSink(spec, rest)  # a new event file per writer
+
+
 _SCHEMES: dict[str, Callable[[str, str, bool], Sink]] = {
     "jsonl": lambda spec, rest, overwrite: JsonlSink(spec, rest, overwrite=overwrite),
     "csv": lambda spec, rest, overwrite: CsvSink(spec, rest, overwrite=overwrite),
-    "tensorboard": lambda spec, rest, overwrite: TensorBoardSink(spec, rest),  # a new event file per writer
+    "tensorboard": _tensorboard,
 }
+
+
+def _tracker(spec: str) -> Sink:
+    from gradclip.monitor import _sink_remote as remote
+
+    return {"mlflow": remote.MlflowSink, "wandb": remote.WandbSink, "neptune": remote.NeptuneSink}[spec](spec)
 
 
 def open_sink(spec: Any, *, overwrite: bool = False) -> Sink:
@@ -330,16 +339,25 @@ def open_sink(spec: Any, *, overwrite: bool = False) -> Sink:
 
     Args:
         spec: ``"jsonl:PATH"``, ``"csv:PATH"``, ``"tensorboard:DIR"``, ``"mlflow"``, ``"wandb"``,
-            a callable, or an object with ``write(record)``.
+            ``"neptune"``, a Neptune run (or namespace, ``run["monitoring"]``), a callable, or an
+            object with ``write(record)``.
         overwrite: Truncate an existing ``jsonl:``/``csv:`` file instead of appending to it
             (default False: a log is never lost). TensorBoard always adds a new event file.
 
     Raises:
-        ConfigError: unknown scheme, missing path, a path that cannot be opened, or a missing
-            optional package (mlflow, wandb). The message names the spec and the valid forms.
+        ConfigError: unknown scheme, missing path, a path that cannot be opened, a missing
+            optional package (``pip install 'gradclip[mlflow]'``, ``[wandb]``, ``[neptune]``,
+            ``[monitor]`` for tensorboardX), or a tracker run that cannot be started. The message
+            names the spec and the fix.
         InputTypeError: the spec is neither a string nor a callable.
     """
-    if isinstance(spec, Sink) or (hasattr(spec, "write") and not isinstance(spec, (str, bytes))):
+    if isinstance(spec, Sink):
+        return spec
+    from gradclip.monitor._sink_remote import NeptuneSink, is_neptune_run
+
+    if is_neptune_run(spec):
+        return NeptuneSink("neptune", run=spec)
+    if hasattr(spec, "write") and not isinstance(spec, (str, bytes)):
         return spec
     if callable(spec):
         return CallbackSink(spec)
@@ -351,8 +369,8 @@ def open_sink(spec: Any, *, overwrite: bool = False) -> Sink:
         raise InputTypeError(f"A sink must be a spec string or a callable. Received: {type(spec).__name__}. "
                              f"Valid sinks: {VALID_SPECS}.")
     scheme, _, rest = spec.partition(":")
-    if scheme in ("mlflow", "wandb") and not rest:
-        return MlflowSink(spec) if scheme == "mlflow" else WandbSink(spec)
+    if scheme in ("mlflow", "wandb", "neptune") and not rest:
+        return _tracker(spec)
     if scheme not in _SCHEMES:
         raise ConfigError(f"Unknown sink {spec!r}. Valid sinks: {VALID_SPECS}.")
     return _SCHEMES[scheme](spec, rest, overwrite)
