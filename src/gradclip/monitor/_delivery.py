@@ -89,6 +89,17 @@ class Delivery:
                 except Exception as exc:  # noqa: BLE001
                     self._failed(sink, exc, f"the {record.get('event')} event", stacklevel=4)
 
+    def flush(self) -> None:
+        """Call ``flush()`` on every sink that has one (sinks that buffer their writes); a sink
+        that fails counts a failure, as a failed write does."""
+        for sink in self.sinks:
+            flush = getattr(sink, "flush", None)
+            if callable(flush):
+                try:
+                    flush()
+                except Exception as exc:  # noqa: BLE001
+                    self._failed(sink, exc, "flush", stacklevel=4)  # Monitor.flush's caller
+
     def close(self) -> None:
         """Close every sink; one that fails to close is reported and the others are still closed."""
         for sink in self.sinks:

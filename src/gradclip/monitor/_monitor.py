@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
-import math
-import sys
 import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -13,10 +10,11 @@ from gradclip._errors import ConfigError, InputTypeError
 from gradclip._stats import ClipStats
 from gradclip.monitor._delivery import DEFAULT_MAX_FAILURES, Delivery
 from gradclip.monitor._reader import path_label
-from gradclip.monitor._record import clean, dp_values, step_value
+from gradclip.monitor._record import dp_values, step_value
 from gradclip.monitor._sinks import CsvSink, JsonlSink, Sink, open_sink
 from gradclip.monitor._spike import SpikeDetector
-from gradclip.monitor._steps import PrivacyOnlyStep, StatsStep, fetch, layers, patterns, selected
+from gradclip.monitor._steps import PrivacyOnlyStep, StatsStep, fetch, layers, patterns, selected, step_probe
+from gradclip.monitor._support import finite, is_iterator, now, num, offender_dicts, resolve, track, untrack
 
 __all__ = ["Monitor"]
 
@@ -44,10 +42,16 @@ class Monitor:
     kept parameters. ``update_ratio`` is ``lr * grad_norm * coef / param_norm`` (the size of an
     SGD step relative to the weights, with the clipping scale; 0 on a skipped step; null without
     ``lr``): no snapshot of the weights is kept, so it estimates, not measures, the update of
-    adaptive optimizers. Host reads: one per step on the CPU (free); on accelerators the values
-    stay on the device and are read in one transfer every ``flush_every`` steps, and then
-    ``per_layer="on_anomaly"`` computes the per-layer norms on the device every step and keeps
-    them only for anomalous steps (spike detection needs the values, which arrive at flush).
+    adaptive optimizers. Without per-layer detail the model is not walked (a few tens of
+    microseconds per step with ``clip_stats``). Host reads: one per step on the CPU (free: no
+    transfer; :meth:`step` returns the record); on accelerators the values stay on the device and
+    are read in one transfer every ``flush_every`` steps (stacked by kind: a few torch calls per
+    flush), and then ``per_layer="on_anomaly"`` computes the per-layer norms on the device every
+    step and keeps them only for anomalous steps (spike detection needs the values, which arrive
+    at flush). A non-finite step is written at once where its flag is free to read (the CPU, any
+    ``flush_every``); on accelerators it waits for the flush. :meth:`flush`, :meth:`close` (also
+    at the end of a ``with`` block left by an exception) and interpreter exit (a monitor never
+    closed: a crashed script; no end record then) write what is buffered.
 
     Args:
         sinks: Where records go: spec strings ``"jsonl:PATH"``, ``"csv:PATH"``,
@@ -162,12 +166,13 @@ class Monitor:
             self._out = Delivery(self.sinks, max_sink_failures)  # knows its jsonl: sinks
             files = [s.path for s in self.sinks if isinstance(s, (JsonlSink, CsvSink))]
             self.label: str = run if run is not None else (path_label(files[0]) if files else "run")
-            start = {"event": "start", "run": self.label, "time": _now()}
+            start = {"event": "start", "run": self.label, "time": now()}
             self._out.event({**start, "framework": framework} if framework else start)
             self._out.raise_due()
         except BaseException:
             self.close()
             raise
+        track(self)  # buffered records are written at interpreter exit if close() never came
 
     def __enter__(self) -> Monitor:
         return self
@@ -219,28 +224,36 @@ class Monitor:
             stats = privacy.last_stats() if callable(getattr(privacy, "last_stats", None)) else privacy
             probe: Any = PrivacyOnlyStep(dp, getattr(stats, "batch_size", None))
         else:
-            probe = self._probe(parameters, clip_stats)
+            probe = step_probe(parameters, clip_stats)
+            if not isinstance(probe, StatsStep):
+                self.framework = self.framework or "torch"
         with self._lock:
             if self._closed:
                 raise ConfigError("This Monitor is closed; create a new one to keep recording.")
             if self.flush_every is None:
                 self.flush_every = 1 if probe.device == "cpu" else ACCELERATOR_FLUSH_EVERY
             eager = self.flush_every == 1
-            entry: dict[str, Any] = {"step": self.steps, "values": values, "scalars": probe.scalars(),
-                                     "offenders": probe.offenders(eager), "layers": None, "dp": dp,
-                                     "omitted": getattr(probe, "omitted", ())}
+            s = probe.scalars()
+            row = [s["norm"], s["clipped_norm"], s["threshold"], s["coef"], s["clipped"], s["skipped"],
+                   s["nonfinite"], *values, None, None]  # the layout _record unpacks
+            names = None
             if self.per_layer is True or (self.per_layer == "on_anomaly" and not eager):
-                entry["layers"] = probe.layers(self._kept(probe.names))
+                names, row[10], row[11] = probe.layers(self._kept(probe.names))
+            # eager: the offenders are looked for only if the step is non-finite, in this call
+            offenders = (lambda: probe.offenders(True)) if eager else probe.offenders(False)
+            entry = (self.steps, row, offenders, names, dp, getattr(probe, "omitted", ()))
             self.steps += 1
             self._pending.append(entry)
             if eager:
                 return self._flush(probe)
-            if len(self._pending) >= self.flush_every:
+            # a non-finite step is written at once where its flag is free to read (the CPU)
+            if len(self._pending) >= self.flush_every or (probe.device == "cpu" and bool(row[6])):
                 self._flush(None)
             return None
 
     def flush(self) -> None:
-        """Read the buffered values from the device (one transfer) and write their records.
+        """Read the buffered values from the device (one transfer), write their records, and flush
+        the sinks that buffer (those with a ``flush()`` method).
 
         Raises:
             SinkError: a sink failed ``max_sink_failures`` times in a row (see :meth:`step`).
@@ -248,6 +261,9 @@ class Monitor:
         with self._lock:
             if self._pending:
                 self._flush(None)
+            if not self._closed:
+                self._out.flush()
+                self._out.raise_due()
 
     def close(self) -> None:
         """Write what is buffered, then close every sink (idempotent)."""
@@ -255,11 +271,12 @@ class Monitor:
             if self._closed:
                 return
             self._closed = True
+            untrack(self)
             try:
                 if self._pending:
                     self._write(self._pending)
                 if hasattr(self, "label"):  # not when a sink failed to open
-                    self._out.event({"event": "end", "run": self.label, "time": _now(), "steps": self.steps,
+                    self._out.event({"event": "end", "run": self.label, "time": now(), "steps": self.steps,
                                      "outcome": self.outcome, "framework": self.framework})
             finally:
                 self._pending = []
@@ -296,7 +313,7 @@ class Monitor:
         original = type(clipper).step
 
         def step(parameters: Any, **options: Any) -> ClipStats:  # options: e.g. apply_coef (gct.clipped)
-            named = list(parameters) if not hasattr(parameters, "named_parameters") and _is_iterator(parameters) else parameters
+            named = list(parameters) if not hasattr(parameters, "named_parameters") and is_iterator(parameters) else parameters
             stats = original(clipper, named, **options)
             lr = optimizer.param_groups[0]["lr"] if optimizer is not None else None
             self.step(named, clip_stats=stats, lr=lr)
@@ -312,22 +329,6 @@ class Monitor:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _probe(self, parameters: Any, clip_stats: ClipStats | None) -> Any:
-        if parameters is None and clip_stats is None:
-            raise ConfigError("Monitor.step needs the parameters (model), clip_stats, or both. Received neither.")
-        if clip_stats is not None and not isinstance(clip_stats, ClipStats):
-            raise InputTypeError(f"clip_stats must be a gradclip.ClipStats. Received: {type(clip_stats).__name__}.")
-        torch = sys.modules.get("torch")
-        if torch is not None and (parameters is not None or isinstance(clip_stats.norm, torch.Tensor)):
-            from gradclip.torch._monitor import TorchStep
-
-            self.framework = self.framework or "torch"
-            return TorchStep(parameters, clip_stats)
-        if parameters is not None:
-            raise InputTypeError("Monitor.step measures torch parameters; for other frameworks pass "
-                                 f"parameters=None and clip_stats=... Received: {type(parameters).__name__}.")
-        return StatsStep(clip_stats)
-
     def _kept(self, names: Sequence[str]) -> list[int]:
         key = tuple(names)
         if self._keep is None or self._keep[0] != key:
@@ -342,73 +343,55 @@ class Monitor:
         self._out.raise_due()
         return record
 
-    def _write(self, pending: list[dict[str, Any]], probe: Any = None) -> dict[str, Any] | None:
-        values = fetch([self._flat(e) for e in pending])
-        record = None
+    def _write(self, pending: list[tuple], probe: Any = None) -> dict[str, Any] | None:
+        values = fetch([entry[1] for entry in pending])  # one host read for every buffered step
+        out, record = self._out, None
         for entry, flat in zip(pending, values):
-            record = clean(self._record(entry, flat, probe))
-            self._out.write(record, self._out.encode(record))
+            record = self._record(entry, flat, probe)
+            out.write(record, out.encode(record))
             self.last = record
         return record
 
-    @staticmethod
-    def _flat(entry: dict[str, Any]) -> list[Any]:
-        s = entry["scalars"]
-        layers = entry["layers"] or (None, None, None)
-        return [s["norm"], s["clipped_norm"], s["threshold"], s["coef"], s["clipped"], s["skipped"],
-                s["nonfinite"], *entry["values"], layers[1], layers[2]]
-
-    def _record(self, entry: dict[str, Any], flat: list[Any], probe: Any) -> dict[str, Any]:
+    def _record(self, entry: tuple, flat: list[Any], probe: Any) -> dict[str, Any]:
+        """One step's JSON-safe record from its host values (``probe``: the step, when eager)."""
+        step, _, offenders, names, dp, omitted = entry
         norm, clipped_norm, threshold, coef, clipped, skipped, nonfinite, epoch, loss, lr, grad_norms, param_norms = flat
         spike, z = self.spikes.update(norm)
-        step = entry["step"]
-        offenders = entry["offenders"]
-        offenders = offenders() if callable(offenders) and nonfinite else (offenders if nonfinite else ())
-        anomaly = spike or bool(nonfinite)
-        names = entry["layers"][0] if entry["layers"] else None
-        if self.per_layer == "on_anomaly" and not anomaly:
-            names = None
-        elif self.per_layer == "on_anomaly" and probe is not None and names is None:  # eager: measure now
-            names, gn, pn = probe.layers(self._kept(probe.names))
-            grad_norms, param_norms = fetch([[gn, pn]])[0]
+        nonfinite, skipped = bool(nonfinite), bool(skipped)
+        found = resolve(offenders) if nonfinite else ()
+        if self.per_layer == "on_anomaly":
+            if not (spike or nonfinite):
+                names = None
+            elif probe is not None and names is None:  # eager: measure now
+                names, gn, pn = probe.layers(self._kept(probe.names))
+                grad_norms, param_norms = fetch([[gn, pn]])[0]
         record: dict[str, Any] = {"step": step}
         if epoch is not None:  # a whole float (an int tensor read as float) is written as an int
-            record["epoch"] = int(epoch) if isinstance(epoch, float) and epoch.is_integer() else epoch
+            record["epoch"] = int(epoch) if isinstance(epoch, float) and epoch.is_integer() else finite(epoch)
         if self.run is not None:
             record["run"] = self.run
         record.update(
-            loss=_num(loss), lr=_num(lr), norm=norm, clipped_norm=clipped_norm, threshold=threshold, coef=coef,
-            clipped=bool(clipped), skipped=bool(skipped), nonfinite=bool(nonfinite), spike=spike,
-            offenders=[{"name": o.name, "shape": list(o.shape), "nan": o.nan_count, "inf": o.inf_count} for o in offenders],
-            layers=layers(names, grad_norms, param_norms, lr, coef, bool(skipped)) if names is not None else None,
+            loss=num(loss), lr=num(lr), norm=finite(norm), clipped_norm=finite(clipped_norm),
+            threshold=finite(threshold), coef=finite(coef), clipped=bool(clipped), skipped=skipped,
+            nonfinite=nonfinite, spike=spike, offenders=offender_dicts(found) if found else [],
+            layers=finite(layers(names, grad_norms, param_norms, lr, coef, skipped)) if names is not None else None,
         )
-        for key in entry.get("omitted", ()):
+        for key in omitted:
             del record[key]
-        if entry.get("dp") is not None:
-            record["dp"] = entry["dp"]
-        if record["loss"] is not None and math.isfinite(record["loss"]):
-            self._losses = [*self._losses[:1], record["loss"]]
+        if dp is not None:
+            record["dp"] = dp
+        if record["loss"] is not None:  # first and last finite loss
+            losses = self._losses
+            if len(losses) < 2:
+                losses.append(record["loss"])
+            else:
+                losses[1] = record["loss"]
         elif loss is not None:
             self._nonfinite = True
-        self._nonfinite = self._nonfinite or bool(nonfinite)
         if spike:
             self.events.append({"step": step, "kind": "spike", "norm": norm, "z": z})
         if nonfinite:
+            self._nonfinite = True
             self.events.append({"step": step, "kind": "nonfinite",
                                 "first": record["offenders"][0] if record["offenders"] else None})
         return record
-
-
-def _now() -> str:
-    """The current time, ISO-8601 in UTC, to the second (the event records' ``time``)."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _num(value: Any) -> float | None:
-    if value is None:
-        return None
-    return float(value) if not isinstance(value, list) else None
-
-
-def _is_iterator(value: Any) -> bool:
-    return iter(value) is value if hasattr(value, "__iter__") else False

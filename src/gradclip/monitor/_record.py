@@ -181,7 +181,9 @@ def step_value(name: str, value: Any) -> Any:
                              f"{name}.reshape(()) (nothing was recorded for this step).")
     if _is_numpy(value):
         return value.item()
-    return value.detach() if hasattr(value, "detach") else value  # torch: keep no autograd graph alive
+    if getattr(value, "requires_grad", False):  # torch: keep no autograd graph alive
+        return value.detach()
+    return value
 
 
 def _is_numpy(value: Any) -> bool:
@@ -189,8 +191,24 @@ def _is_numpy(value: Any) -> bool:
     return np is not None and isinstance(value, (np.generic, np.ndarray))
 
 
+#: dtype -> kind, for the dtypes seen (a step's values are checked every step).
+_KINDS: dict[Any, str | None] = {}
+
+
 def _dtype_kind(dtype: Any) -> str | None:
     """``"float"``, ``"int"`` or ``None`` (bool, complex, string, object) for a dtype of any framework."""
+    try:
+        return _KINDS[dtype]
+    except (KeyError, TypeError):  # TypeError: an unhashable dtype
+        kind = _kind_of(dtype)
+    try:
+        _KINDS[dtype] = kind
+    except TypeError:
+        pass
+    return kind
+
+
+def _kind_of(dtype: Any) -> str | None:
     name = str(getattr(dtype, "name", None) or dtype).rsplit(".", 1)[-1]  # torch: "torch.float32"
     if name.startswith(("float", "bfloat", "half", "double")):
         return "float"

@@ -16,6 +16,10 @@ from collections import deque
 
 from gradclip._errors import ConfigError
 
+#: Largest values of the window that need no scaling (their squares, times the window, stay finite
+#: and normal in float64).
+_SAFE_LO, _SAFE_HI = 2.0 ** -400, 2.0 ** 400
+
 
 class SpikeDetector:
     """Flags a norm whose z-score against the previous ``window`` finite norms exceeds ``z``.
@@ -55,11 +59,17 @@ class SpikeDetector:
         if norm is None or not math.isfinite(norm):
             return False, None
         score = None
-        if len(self._values) >= self.min_history:
-            n = len(self._values)
-            scale = max(max(abs(v) for v in self._values), 1e-300)  # no overflow for norms near 1e308
-            mean = sum(v / scale for v in self._values) / n
-            var = sum((v / scale - mean) ** 2 for v in self._values) / (n - 1)
+        values = self._values
+        n = len(values)
+        if n >= self.min_history:
+            top = max(max(values), -min(values))
+            # A power of two scales exactly: the same result as unscaled, and no overflow of the
+            # squares for norms near 1e308 (nor underflow near 1e-308).
+            scale = 1.0 if _SAFE_LO < top < _SAFE_HI or top == 0 else math.ldexp(1.0, min(max(math.frexp(top)[1] - 1, -1022), 1023))
+            if scale != 1.0:
+                values = [v / scale for v in values]
+            mean = sum(values) / n
+            var = sum([(v - mean) * (v - mean) for v in values]) / (n - 1)
             mean, std = mean * scale, math.sqrt(var) * scale
             std = max(std, self.rel_floor * abs(mean), 1e-12)
             score = (norm - mean) / std

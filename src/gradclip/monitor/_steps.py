@@ -11,10 +11,40 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from gradclip._errors import ConfigError
-from gradclip._stats import ClipStats, _scalar
+from gradclip._errors import ConfigError, InputTypeError
+from gradclip._stats import ClipStats
+from gradclip.monitor._fetch import fetch
 
-__all__ = ["PrivacyOnlyStep", "StatsStep", "fetch", "layers", "patterns", "selected"]
+__all__ = ["DeferredStep", "PrivacyOnlyStep", "StatsStep", "fetch", "layers", "patterns", "selected", "step_probe"]
+
+
+def step_probe(parameters: Any, clip_stats: ClipStats | None) -> Any:
+    """What ``Monitor.step(parameters, clip_stats=...)`` reads the step from (checked now).
+
+    Torch parameters or torch ClipStats give a torch step (:class:`DeferredStep` when the
+    parameters are a module or absent: no walk over the model unless needed); ClipStats of
+    another framework give a :class:`StatsStep`.
+
+    Raises:
+        ConfigError: neither ``parameters`` nor ``clip_stats``.
+        InputTypeError: ``clip_stats`` that is not a ClipStats, or non-torch ``parameters``.
+    """
+    if parameters is None and clip_stats is None:
+        raise ConfigError("Monitor.step needs the parameters (model), clip_stats, or both. Received neither.")
+    if clip_stats is not None and not isinstance(clip_stats, ClipStats):
+        raise InputTypeError(f"clip_stats must be a gradclip.ClipStats. Received: {type(clip_stats).__name__}.")
+    torch = sys.modules.get("torch")
+    if torch is not None and (parameters is not None or isinstance(clip_stats.norm, torch.Tensor)):
+        if clip_stats is not None and isinstance(clip_stats.norm, torch.Tensor) and (
+                parameters is None or isinstance(parameters, torch.nn.Module)):
+            return DeferredStep(parameters, clip_stats)
+        from gradclip.torch._monitor import TorchStep
+
+        return TorchStep(parameters, clip_stats)
+    if parameters is not None:
+        raise InputTypeError("Monitor.step measures torch parameters; for other frameworks pass "
+                             f"parameters=None and clip_stats=... Received: {type(parameters).__name__}.")
+    return StatsStep(clip_stats)
 
 
 class StatsStep:
@@ -71,29 +101,50 @@ class PrivacyOnlyStep:
         return [], None, None
 
 
+class DeferredStep:
+    """A torch step known by its ClipStats, whose parameters are looked at only when needed.
+
+    The global values, the device and (through the ClipStats) the offenders need no pass over
+    the model, so ``per_layer=False`` and a step that is not an anomaly under ``"on_anomaly"``
+    cost no ``named_parameters()`` walk. The full :class:`gradclip.torch._monitor.TorchStep` is
+    built on the first need (per-layer detail, naming the offenders). ``parameters`` must be
+    ``None`` or a ``torch.nn.Module`` (nothing there can fail later), and ``stats.norm`` a tensor.
+    """
+
+    def __init__(self, parameters: Any, stats: ClipStats) -> None:
+        self.parameters, self.stats = parameters, stats
+        self.device = stats.norm.device.type
+        self._step: Any = None
+
+    @property
+    def names(self) -> Any:
+        return self.full().names
+
+    def full(self) -> Any:
+        """The :class:`gradclip.torch._monitor.TorchStep` of this step (built once)."""
+        if self._step is None:
+            from gradclip.torch._monitor import TorchStep
+
+            self._step = TorchStep(self.parameters, self.stats)
+        return self._step
+
+    def scalars(self) -> dict[str, Any]:
+        s = self.stats
+        return {"norm": s.norm, "clipped_norm": s.clipped_norm, "threshold": s.threshold, "coef": s.coef,
+                "clipped": s.clipped, "skipped": s.skipped, "nonfinite": s.nonfinite}
+
+    def offenders(self, exact: bool) -> Any:
+        return lambda: self.full().offenders(True)
+
+    def layers(self, keep: Sequence[int]) -> Any:
+        return self.full().layers(keep)
+
+
 def _host_list(values: Any) -> list[Any]:
     """A 1-D array of any framework as a Python list."""
     if hasattr(values, "numpy"):
         values = values.numpy()
     return values.tolist() if hasattr(values, "tolist") else list(values)
-
-
-def fetch(rows: list[list[Any]]) -> list[list[Any]]:
-    """Python values for every row, with one host read per device for all torch tensors.
-
-    Example:
-        >>> fetch([[1.5, None, True]])
-        [[1.5, None, True]]
-    """
-    flat = [v for row in rows for v in row]
-    torch = sys.modules.get("torch")
-    if torch is not None and any(isinstance(v, torch.Tensor) for v in flat):
-        from gradclip.torch._monitor import fetch as torch_fetch
-
-        flat = torch_fetch(flat)
-    flat = [v if v is None or isinstance(v, (bool, int, float, list)) else _scalar(v) for v in flat]
-    width = len(rows[0]) if rows else 0
-    return [flat[i * width : (i + 1) * width] for i in range(len(rows))]
 
 
 def layers(names, grad_norms, param_norms, lr, coef, skipped) -> dict[str, dict[str, Any]]:
