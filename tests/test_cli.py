@@ -84,7 +84,7 @@ def test_progress_line():
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["compare", "--task", "nope"], "Valid tasks: digits-lstm, dp-digits, regression"),
+        (["compare", "--task", "nope"], "Valid tasks: digits-lstm, dp-digits, mnist-lstm, regression"),
         (["compare", "--method", "none,wat:2"], "Valid methods: adagc, agc, autoclip, blockrms, maxhist, none, norm, pertensor, spikeguard, value, zclip"),
         (["compare", "--method", "norm:1.0,colour=red"], "Valid keys for 'norm'"),
         (["compare", "--seeds", "a,b"], "comma-separated integers"),

@@ -134,7 +134,7 @@ def test_runs_are_reproducible_per_seed():
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [
-        ({"task": "cifar"}, "Valid tasks: digits-lstm, dp-digits, regression"),
+        ({"task": "cifar"}, "Valid tasks: digits-lstm, dp-digits, mnist-lstm, regression"),
         ({"methods": ["none", "bogus:1"]}, "Valid methods:"),
         ({"methods": ["norm:-1"]}, "max_norm must be >= 0"),
         ({"methods": []}, "No method given"),

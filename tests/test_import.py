@@ -60,6 +60,7 @@ def test_public_api_is_frozen():
         "InputTypeError",
         "LogError",
         "MaxNormHistory",
+        "MissingDependencyError",
         "Monitor",
         "NoClip",
         "NonFiniteError",

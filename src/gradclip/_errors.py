@@ -15,6 +15,7 @@ __all__ = [
     "GradclipError",
     "InputTypeError",
     "LogError",
+    "MissingDependencyError",
     "NonFiniteError",
     "Offender",
     "ReplicaMismatchError",
@@ -40,6 +41,13 @@ class LogError(GradclipError, ValueError):
 
 class StateDictError(GradclipError, ValueError):
     """A state dict does not match the clipper or policy it is loaded into."""
+
+
+class MissingDependencyError(GradclipError, ModuleNotFoundError):
+    """An optional package that a gradclip module needs is not installed; the message names the extra.
+
+    Also a ``ModuleNotFoundError`` (an ``ImportError``), so ``except ImportError`` keeps working.
+    """
 
 
 class ReplicaMismatchError(GradclipError, RuntimeError):

@@ -17,11 +17,13 @@ Example:
     True
 """
 
+from gradclip._errors import MissingDependencyError
+
 for _name in ("accelerate", "torch"):
     try:
         __import__(_name)
     except ImportError:
-        raise ModuleNotFoundError(f"gradclip.accelerate needs {_name}, which is not installed: "
+        raise MissingDependencyError(f"gradclip.accelerate needs {_name}, which is not installed: "
                                   "pip install 'gradclip[accelerate]'.", name=_name) from None
 del _name
 

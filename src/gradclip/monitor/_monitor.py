@@ -55,8 +55,10 @@ class Monitor:
 
     Args:
         sinks: Where records go: spec strings ``"jsonl:PATH"``, ``"csv:PATH"``,
-            ``"tensorboard:DIR"``, ``"mlflow"``, ``"wandb"``, callables ``fn(record)``, or
-            objects with ``write(record)`` / ``close()``. Opened now.
+            ``"tensorboard:DIR"``, ``"mlflow"``, ``"wandb"``, ``"neptune"``, a Neptune run (or a
+            namespace of one, ``run["gradclip"]``), callables ``fn(record)``, or objects with
+            ``write(record)`` / ``close()``. Opened now. The dashboards (TensorBoard, MLflow,
+            Neptune) receive records in batches; :meth:`flush` and :meth:`close` send the rest.
         per_layer: ``True`` (per-layer detail every step), ``False`` (never) or ``"on_anomaly"``
             (default: only on spike or non-finite steps).
         spike_window: Number of previous finite norms in the spike baseline (default 50).

@@ -1,7 +1,7 @@
-"""The torch side of :class:`gradclip.Monitor`: measure what the Clipper did not, fetch in one read.
+"""The torch side of :class:`gradclip.Monitor`: measure what the Clipper did not.
 
-Everything here stays on the gradients' device; :func:`fetch` is the only host read, one per
-device per call, and the monitor calls it once per step (CPU) or once per ``flush_every`` steps.
+Everything here stays on the gradients' device; the monitor reads the values to the host through
+:func:`gradclip.monitor._fetch.fetch`, once per step (CPU) or once per ``flush_every`` steps.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from gradclip._errors import Offender
 from gradclip._stats import ClipStats
 from gradclip.torch import _measure, _params
 
-__all__ = ["TorchStep", "fetch"]
+__all__ = ["TorchStep"]
 
 
 class TorchStep:
@@ -120,30 +120,3 @@ class TorchStep:
 
 def _acc(tensors: list[torch.Tensor]) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
-def fetch(values: list[Any]) -> list[Any]:
-    """Python values for a list of 0-d/1-d tensors and Python values: one host read per device.
-
-    Tensors are flattened into one float64 buffer per device on the device, read with one
-    ``tolist()``, and split back: 0-d gives a scalar, 1-d a list; bool tensors give bools.
-    """
-    out = list(values)
-    by_device: dict[torch.device, list[int]] = {}
-    for i, v in enumerate(values):
-        if isinstance(v, torch.Tensor):
-            by_device.setdefault(v.device, []).append(i)
-    for idx in by_device.values():
-        flat = torch.cat([values[i].detach().reshape(-1).to(torch.float64) for i in idx]).tolist()
-        at = 0
-        for i in idx:
-            v = values[i]
-            n = v.numel()
-            part = flat[at : at + n]
-            at += n
-            if v.dtype == torch.bool:
-                part = [bool(x) for x in part]
-            elif not (v.is_floating_point() or v.is_complex()):
-                part = [int(x) for x in part]
-            out[i] = part[0] if v.dim() == 0 else part
-    return out

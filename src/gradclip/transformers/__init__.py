@@ -11,11 +11,13 @@ Example:
     GradientClippingCallback('zclip', nonfinite='skip')
 """
 
+from gradclip._errors import MissingDependencyError
+
 for _name in ("transformers", "accelerate", "torch"):  # the Trainer needs all three
     try:
         __import__(_name)
     except ImportError:
-        raise ModuleNotFoundError(f"gradclip.transformers needs {_name}, which is not installed: "
+        raise MissingDependencyError(f"gradclip.transformers needs {_name}, which is not installed: "
                                   "pip install 'gradclip[transformers]'.", name=_name) from None
 del _name
 
