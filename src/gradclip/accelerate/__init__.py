@@ -17,15 +17,9 @@ Example:
     True
 """
 
-from gradclip._errors import MissingDependencyError
+from gradclip._require import require
 
-for _name in ("accelerate", "torch"):
-    try:
-        __import__(_name)
-    except ImportError:
-        raise MissingDependencyError(f"gradclip.accelerate needs {_name}, which is not installed: "
-                                  "pip install 'gradclip[accelerate]'.", name=_name) from None
-del _name
+require(("accelerate", "torch"), extra="accelerate", user="gradclip.accelerate")
 
 from gradclip.accelerate._clip import Clipper, clip_grad_norm_  # noqa: E402
 

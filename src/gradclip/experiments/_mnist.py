@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from gradclip._errors import ConfigError
+from gradclip.experiments._loop import _clean
 from gradclip.experiments._results import RunResult, finish, finite_or_none
 from gradclip.experiments._tasks import Data, Task
 
@@ -231,10 +232,3 @@ class _StepLog:
             self.log.close()
             self.log = None
 
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float):
-        return finite_or_none(value)
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value

@@ -11,15 +11,9 @@ Example:
     GradientClippingCallback('zclip', nonfinite='skip')
 """
 
-from gradclip._errors import MissingDependencyError
+from gradclip._require import require
 
-for _name in ("transformers", "accelerate", "torch"):  # the Trainer needs all three
-    try:
-        __import__(_name)
-    except ImportError:
-        raise MissingDependencyError(f"gradclip.transformers needs {_name}, which is not installed: "
-                                  "pip install 'gradclip[transformers]'.", name=_name) from None
-del _name
+require(("transformers", "accelerate", "torch"), extra="transformers", user="gradclip.transformers")
 
 from gradclip.transformers._callback import GradientClippingCallback, attach  # noqa: E402
 
