@@ -27,6 +27,15 @@ def log(tmp_path):
     return path
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default, so Python turns it into KeyboardInterrupt.
+
+    A process started in the background by a non-interactive shell inherits SIGINT ignored, and
+    Python then installs no handler; the tests must not depend on how the suite was launched.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def one_line(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err, err
@@ -150,7 +159,7 @@ def test_real_sigint_during_compare(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "gradclip.cli", "compare", "--method", "none,norm:1.0,value:1.0",
          "--seeds", "0,1,2", "--json", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_default_sigint,
     )
     lines = []
     for line in proc.stderr:  # one line per finished run (no terminal)
@@ -177,6 +186,7 @@ def test_ctrl_c_to_the_whole_process_group_with_ddp_workers(tmp_path):
         [sys.executable, "-m", "gradclip.cli", "compare", "--method", "norm:1.0", "--seeds", "0,1,2,3",
          "--nproc", "2", "--json", str(out), "--no-report"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+        preexec_fn=_default_sigint,
     )
     lines = []
     for line in proc.stderr:
