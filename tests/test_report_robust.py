@@ -328,3 +328,22 @@ def test_a_step_too_large_for_a_figure_falls_back_to_the_position(tmp_path):
 
     assert series(read_jsonl(log)).step.tolist() == [0, 1, 2, 3, 4, 5]
     assert build_report([log], tmp_path / "r.html").is_file() and summarize([log])[0]["logged_steps"] == 6
+
+
+def test_per_tensor_thresholds_are_read_without_a_warning(tmp_path):
+    """A list ``threshold`` (AdaGC, PerTensorNorm: per-tensor bounds, in the record schema) is not a
+    global bound: not drawn, and no warning; a list of non-numbers still warns."""
+    import warnings
+
+    from gradclip.report import build_report
+
+    good = tmp_path / "a.jsonl"
+    good.write_text("".join(json.dumps({"step": i, "norm": 1.0 + i, "threshold": [0.5, 1.0, None]}) + "\n"
+                            for i in range(4)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_report([good], tmp_path / "a.html")
+    bad = tmp_path / "b.jsonl"
+    bad.write_text("".join(json.dumps({"step": i, "norm": 1.0, "threshold": ["x"]}) + "\n" for i in range(2)))
+    with pytest.warns(UserWarning, match="list 'threshold'"):
+        build_report([bad], tmp_path / "b.html")

@@ -45,8 +45,6 @@ def test_verdict_rule():
 
 
 @pytest.mark.slow
-# the Monitor logs AdaGC's per-tensor thresholds as a list, which the report skips with this warning
-@pytest.mark.filterwarnings("ignore:.*hold a list 'threshold'")
 def test_quick_run_completes_with_consistent_numbers(tmp_path):
     result = reproduce("charlm-spikes", quick=True, out=tmp_path)
     methods, seeds, steps = result.config["methods"], result.config["seeds"], result.config["steps"]

@@ -66,6 +66,8 @@ def _warn_bad_types(log: RunLog) -> None:
             value = r.get(key)
             ok = (value is None and key != "step") or (_is_number(value) if types == (int, float) else
                                                        isinstance(value, types))
+            if key == "threshold" and isinstance(value, list):  # per-tensor thresholds (AdaGC, PerTensorNorm):
+                ok = all(v is None or _is_number(v) for v in value)  # in the schema; not a global bound
             if key in r and not ok:
                 bad.setdefault(key, [i, _JSON_TYPES.get(type(value).__name__, type(value).__name__), 0])[2] += 1
     for key, (first, kind, n) in bad.items():
