@@ -46,9 +46,8 @@ def fetch(rows: list[list[Any]]) -> list[list[Any]]:
     if len(rows) == 1 and torch is not None and "cpu" in HOST_MEMORY:  # one step: one pass, no stacking
         tensor = torch.Tensor
         row = rows[0]
-        if all(v.is_cpu and v.dim() < 2 for v in row if isinstance(v, tensor)):
-            return [[v.tolist() if isinstance(v, tensor) else
-                     v if v is None or isinstance(v, (bool, int, float, list)) else _scalar(v) for v in row]]
+        if all(v.is_cpu for v in row if isinstance(v, tensor)):
+            return [[_cpu_value(v) if isinstance(v, tensor) else _python(v) for v in row]]
     flat = [v for row in rows for v in row]
     if torch is not None:
         tensor = torch.Tensor
@@ -56,15 +55,23 @@ def fetch(rows: list[list[Any]]) -> list[list[Any]]:
         if at:
             for i, value in zip(at, _torch_values(torch, [flat[i] for i in at])):
                 flat[i] = value
-    flat = [v if v is None or isinstance(v, (bool, int, float, list)) else _scalar(v) for v in flat]
+    flat = [_python(v) for v in flat]
     width = len(rows[0]) if rows else 0
     return [flat[i * width : (i + 1) * width] for i in range(len(rows))]
 
 
+def _python(value: Any) -> Any:
+    """A value that is not a torch tensor as a Python value (NumPy/JAX/TF scalars through ``_scalar``)."""
+    return value if value is None or isinstance(value, (bool, int, float, list)) else _scalar(value)
+
+
+def _cpu_value(t: Any) -> Any:
+    """A tensor in host memory read with one ``tolist()``: a scalar if 0-d, else a flat list."""
+    return t.tolist() if t.dim() < 2 else t.reshape(-1).tolist()
+
+
 def _torch_values(torch: Any, tensors: list[Any]) -> list[Any]:
     """Python values of torch tensors, in order (see the module docstring for how they are read)."""
-    if len(tensors) <= FEW and "cpu" in HOST_MEMORY and all(t.is_cpu for t in tensors):  # one CPU step
-        return [t.tolist() if t.dim() < 2 else t.reshape(-1).tolist() for t in tensors]
     devices: dict[Any, list[int]] = {}
     for i, t in enumerate(tensors):
         devices.setdefault(t.device, []).append(i)
@@ -74,8 +81,7 @@ def _torch_values(torch: Any, tensors: list[Any]) -> list[Any]:
             host = device.type in HOST_MEMORY
             if host and len(idx) <= FEW:
                 for i in idx:
-                    t = tensors[i]
-                    out[i] = t.tolist() if t.dim() < 2 else t.reshape(-1).tolist()
+                    out[i] = _cpu_value(tensors[i])
                 continue
             groups: dict[tuple, list[int]] = {}
             for i in idx:
